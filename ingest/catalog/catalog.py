@@ -1,0 +1,392 @@
+"""The catalog: knowledge bases, documents, chunks and jobs in SQL (SQLite by default).
+
+The schema is created and upgraded by Alembic when a ``Catalog`` opens the database.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ingest.catalog.models import ChunkRow, DocumentRow, JobRow, KnowledgeBaseRow
+from ingest.catalog.records import (
+    DOC_FAILED,
+    DOC_INDEXED,
+    DOC_INDEXING,
+    JOB_RUNNING,
+    ChunkInfo,
+    Document,
+    Job,
+    KnowledgeBase,
+    NewChunk,
+)
+from stores.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
+
+_KB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def validate_kb_name(name: str) -> str:
+    if not _KB_NAME.match(name):
+        raise InvalidInput(
+            f"invalid knowledge base name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.close()
+
+    return engine
+
+
+class Catalog:
+    """Catalog access. One instance per process; sessions are short and per call."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine = _engine(url)
+            self.upgrade()
+        except OperationalError as exc:
+            raise StoreUnavailable(f"cannot open the catalog database {url}: {exc}") from exc
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Apply Alembic migrations up to ``revision``."""
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(_MIGRATIONS))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    # -- knowledge bases --------------------------------------------------------------------
+
+    def create_kb(
+        self,
+        name: str,
+        embedding_model: str,
+        embedding_dim: int,
+        store_url: str,
+        chunking: dict[str, Any],
+        description: str = "",
+    ) -> KnowledgeBase:
+        validate_kb_name(name)
+        try:
+            with self._session() as s:
+                row = KnowledgeBaseRow(
+                    name=name, description=description, embedding_model=embedding_model,
+                    embedding_dim=embedding_dim, store_url=store_url, chunking=chunking,
+                )
+                s.add(row)
+                s.flush()
+                return _kb(row)
+        except IntegrityError:
+            raise Conflict(f"knowledge base {name!r} already exists") from None
+
+    def get_kb(self, name: str) -> KnowledgeBase:
+        with self._session() as s:
+            row = s.scalar(select(KnowledgeBaseRow).where(KnowledgeBaseRow.name == name))
+            if row is None:
+                raise NotFound(f"knowledge base {name!r} does not exist (see `rag kb list`)")
+            return _kb(row, *self._kb_counts(s, row.id))
+
+    def list_kbs(self) -> list[KnowledgeBase]:
+        with self._session() as s:
+            rows = s.scalars(select(KnowledgeBaseRow).order_by(KnowledgeBaseRow.name)).all()
+            return [_kb(r, *self._kb_counts(s, r.id)) for r in rows]
+
+    def update_kb(
+        self, name: str, description: str | None = None, store_url: str | None = None
+    ) -> KnowledgeBase:
+        with self._session() as s:
+            row = s.scalar(select(KnowledgeBaseRow).where(KnowledgeBaseRow.name == name))
+            if row is None:
+                raise NotFound(f"knowledge base {name!r} does not exist")
+            if description is not None:
+                row.description = description
+            if store_url is not None:
+                row.store_url = store_url
+            s.flush()
+            return _kb(row, *self._kb_counts(s, row.id))
+
+    def delete_kb(self, name: str) -> None:
+        with self._session() as s:
+            row = s.scalar(select(KnowledgeBaseRow).where(KnowledgeBaseRow.name == name))
+            if row is None:
+                raise NotFound(f"knowledge base {name!r} does not exist")
+            s.delete(row)
+
+    @staticmethod
+    def _kb_counts(s: Session, kb_id: int) -> tuple[int, int]:
+        docs = s.scalar(
+            select(func.count()).select_from(DocumentRow).where(DocumentRow.kb_id == kb_id)
+        )
+        chunks = s.scalar(
+            select(func.coalesce(func.sum(DocumentRow.chunk_count), 0)).where(
+                DocumentRow.kb_id == kb_id, DocumentRow.status == DOC_INDEXED
+            )
+        )
+        return int(docs or 0), int(chunks or 0)
+
+    # -- documents ----------------------------------------------------------------------------
+
+    def find_document(self, kb_id: int, source: str) -> Document | None:
+        with self._session() as s:
+            row = s.scalar(
+                select(DocumentRow).where(DocumentRow.kb_id == kb_id, DocumentRow.source == source)
+            )
+            return _doc(row) if row is not None else None
+
+    def get_document(self, kb_id: int, doc_id: str) -> Document:
+        with self._session() as s:
+            row = s.get(DocumentRow, doc_id)
+            if row is None or row.kb_id != kb_id:
+                raise NotFound(f"document {doc_id!r} does not exist in this knowledge base")
+            return _doc(row)
+
+    def list_documents(
+        self, kb_id: int, status: str | None = None, offset: int = 0, limit: int = 100
+    ) -> list[Document]:
+        with self._session() as s:
+            q = select(DocumentRow).where(DocumentRow.kb_id == kb_id)
+            if status is not None:
+                q = q.where(DocumentRow.status == status)
+            q = q.order_by(DocumentRow.name, DocumentRow.id).offset(offset).limit(limit)
+            return [_doc(r) for r in s.scalars(q).all()]
+
+    def documents_in_status(self, kb_id: int, statuses: Sequence[str]) -> list[Document]:
+        with self._session() as s:
+            q = select(DocumentRow).where(
+                DocumentRow.kb_id == kb_id, DocumentRow.status.in_(list(statuses))
+            )
+            return [_doc(r) for r in s.scalars(q).all()]
+
+    def begin_document(
+        self, doc_id: str, kb_id: int, name: str, source: str, mime_type: str, size: int
+    ) -> Document:
+        """Mark a document as being (re)indexed. Its previous chunks stay until ``finish``."""
+        with self._session() as s:
+            row = s.get(DocumentRow, doc_id)
+            if row is None:
+                row = DocumentRow(
+                    id=doc_id, kb_id=kb_id, name=name, source=source, sha256="",
+                    mime_type=mime_type, size=size, status=DOC_INDEXING, chunk_count=0, meta={},
+                )
+                s.add(row)
+            else:
+                row.status, row.error = DOC_INDEXING, None
+            s.flush()
+            return _doc(row)
+
+    def finish_document(
+        self,
+        doc_id: str,
+        sha256: str,
+        mime_type: str,
+        size: int,
+        metadata: dict[str, Any],
+        chunks: Sequence[NewChunk],
+    ) -> Document:
+        """Replace the document's chunks and mark it indexed, in one transaction."""
+        with self._session() as s:
+            row = s.get(DocumentRow, doc_id)
+            if row is None:
+                raise NotFound(f"document {doc_id!r} vanished while it was being indexed")
+            s.query(ChunkRow).filter(ChunkRow.document_id == doc_id).delete()
+            s.add_all(
+                ChunkRow(
+                    id=c.id, document_id=doc_id, ordinal=c.ordinal, text=c.text, start=c.start,
+                    end=c.end, page=c.page, token_count=c.token_count,
+                )
+                for c in chunks
+            )
+            row.sha256, row.mime_type, row.size, row.meta = sha256, mime_type, size, metadata
+            row.status, row.error, row.chunk_count = DOC_INDEXED, None, len(chunks)
+            s.flush()
+            return _doc(row)
+
+    def fail_document(
+        self, doc_id: str, kb_id: int, name: str, source: str, mime_type: str, size: int,
+        error: str,
+    ) -> Document:
+        """Record a failure. A previously indexed version stays indexed and searchable."""
+        with self._session() as s:
+            row = s.get(DocumentRow, doc_id)
+            if row is None:
+                row = DocumentRow(
+                    id=doc_id, kb_id=kb_id, name=name, source=source, sha256="",
+                    mime_type=mime_type, size=size, status=DOC_FAILED, chunk_count=0, meta={},
+                )
+                s.add(row)
+            has_chunks = s.scalar(
+                select(func.count()).select_from(ChunkRow).where(ChunkRow.document_id == doc_id)
+            )
+            row.status = DOC_INDEXED if has_chunks else DOC_FAILED
+            row.error = error if not has_chunks else f"last update failed: {error}"
+            s.flush()
+            return _doc(row)
+
+    def restore_document(self, doc_id: str) -> None:
+        """After an interrupted re-index: back to indexed if old chunks remain, else removed."""
+        with self._session() as s:
+            row = s.get(DocumentRow, doc_id)
+            if row is None:
+                return
+            if row.chunk_count and row.sha256:
+                row.status = DOC_INDEXED
+            else:
+                s.delete(row)
+
+    def discard_chunks(self, doc_id: str) -> None:
+        """Forget a document's chunks and content hash (its vectors are already gone)."""
+        with self._session() as s:
+            row = s.get(DocumentRow, doc_id)
+            if row is None:
+                return
+            s.query(ChunkRow).filter(ChunkRow.document_id == doc_id).delete()
+            row.chunk_count, row.sha256 = 0, ""
+
+    def delete_document(self, doc_id: str) -> None:
+        with self._session() as s:
+            row = s.get(DocumentRow, doc_id)
+            if row is not None:
+                s.delete(row)
+
+    def chunk_ids(self, doc_id: str) -> list[str]:
+        with self._session() as s:
+            return list(s.scalars(select(ChunkRow.id).where(ChunkRow.document_id == doc_id)))
+
+    def list_chunks(self, doc_id: str, offset: int = 0, limit: int = 1000) -> list[ChunkInfo]:
+        with self._session() as s:
+            q = (select(ChunkRow).where(ChunkRow.document_id == doc_id)
+                 .order_by(ChunkRow.ordinal).offset(offset).limit(limit))
+            return [_chunk(r) for r in s.scalars(q).all()]
+
+    def resolve_chunks(
+        self, kb_id: int, ids: Sequence[str]
+    ) -> dict[str, tuple[ChunkInfo, Document]]:
+        """The indexed chunks among ``ids`` with their documents (unknown ids are left out)."""
+        if not ids:
+            return {}
+        with self._session() as s:
+            q = (
+                select(ChunkRow, DocumentRow)
+                .join(DocumentRow, ChunkRow.document_id == DocumentRow.id)
+                .where(ChunkRow.id.in_(list(ids)), DocumentRow.kb_id == kb_id)
+            )
+            return {c.id: (_chunk(c), _doc(d)) for c, d in s.execute(q).tuples()}
+
+    def chunk_total(self, kb_id: int) -> int:
+        with self._session() as s:
+            n = s.scalar(
+                select(func.count()).select_from(ChunkRow)
+                .join(DocumentRow, ChunkRow.document_id == DocumentRow.id)
+                .where(DocumentRow.kb_id == kb_id)
+            )
+            return int(n or 0)
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def create_job(self, kind: str, kb_id: int | None, files_total: int) -> Job:
+        with self._session() as s:
+            row = JobRow(
+                id=uuid.uuid4().hex, kb_id=kb_id, kind=kind, status=JOB_RUNNING,
+                files_total=files_total, files_done=0, files_skipped=0, files_failed=0,
+                chunks_written=0, errors=[],
+            )
+            s.add(row)
+            s.flush()
+            return _job(row)
+
+    def update_job(
+        self, job_id: str, *, done: int = 0, skipped: int = 0, failed: int = 0, chunks: int = 0,
+        error: tuple[str, str] | None = None, status: str | None = None,
+    ) -> Job:
+        """Add to a job's counters, append a per-file error, or set its status."""
+        with self._session() as s:
+            row = s.get(JobRow, job_id)
+            if row is None:
+                raise NotFound(f"job {job_id!r} does not exist")
+            row.files_done += done
+            row.files_skipped += skipped
+            row.files_failed += failed
+            row.chunks_written += chunks
+            if error is not None:
+                row.errors = [*row.errors, {"file": error[0], "error": error[1]}]
+            if status is not None:
+                row.status = status
+            s.flush()
+            return _job(row)
+
+    def get_job(self, job_id: str) -> Job:
+        with self._session() as s:
+            row = s.get(JobRow, job_id)
+            if row is None:
+                raise NotFound(f"job {job_id!r} does not exist")
+            return _job(row)
+
+
+def _kb(row: KnowledgeBaseRow, documents: int = 0, chunks: int = 0) -> KnowledgeBase:
+    return KnowledgeBase(
+        id=row.id, name=row.name, description=row.description,
+        embedding_model=row.embedding_model, embedding_dim=row.embedding_dim,
+        store_url=row.store_url, chunking=dict(row.chunking), created_at=row.created_at,
+        document_count=documents, chunk_count=chunks,
+    )
+
+
+def _doc(row: DocumentRow) -> Document:
+    return Document(
+        id=row.id, kb_id=row.kb_id, name=row.name, source=row.source, sha256=row.sha256,
+        mime_type=row.mime_type, size=row.size, status=row.status, error=row.error,
+        chunk_count=row.chunk_count, metadata=dict(row.meta or {}), created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _chunk(row: ChunkRow) -> ChunkInfo:
+    return ChunkInfo(
+        id=row.id, document_id=row.document_id, ordinal=row.ordinal, text=row.text,
+        start=row.start, end=row.end, page=row.page, token_count=row.token_count,
+    )
+
+
+def _job(row: JobRow) -> Job:
+    return Job(
+        id=row.id, kb_id=row.kb_id, kind=row.kind, status=row.status,
+        files_total=row.files_total, files_done=row.files_done,
+        files_skipped=row.files_skipped, files_failed=row.files_failed,
+        chunks_written=row.chunks_written, errors=list(row.errors or []),
+        created_at=row.created_at, updated_at=row.updated_at,
+    )

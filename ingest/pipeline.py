@@ -1,0 +1,313 @@
+"""The ingestion pipeline: files -> text -> chunks -> vectors + keywords -> catalog.
+
+Idempotent by construction: a document's id derives from (knowledge base, source) and a
+chunk's id from (document, ordinal, text), so re-running any step writes the same keys.
+Order per document: mark it ``indexing`` in the catalog, write vectors and keywords, delete
+the stale chunks of its previous version, then record the chunks and mark it ``indexed``
+in one transaction. ``reconcile`` repairs whatever a crash left between those steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ingest.catalog import DOC_INDEXED, DOC_INDEXING, Catalog, Document, KnowledgeBase, NewChunk
+from ingest.catalog.records import JOB_DONE
+from ingest.chunking import Chunk, Chunker
+from ingest.config import ChunkingConfig, IngestConfig
+from ingest.embedding import Embedder
+from ingest.loaders import load_bytes, mime_type_for
+from stores.base import Eq, Record, VectorStore
+from stores.errors import DimensionMismatch, InvalidInput, PayloadTooLarge, RagError
+from stores.keyword import KeywordIndex
+
+ADDED, REPLACED, UNCHANGED, FAILED = "added", "replaced", "unchanged", "failed"
+_GROUP_CHUNKS = 256  # embed this many chunks together across small files
+
+
+@dataclass
+class Indexes:
+    """Where one knowledge base's chunks are searchable."""
+
+    vectors: VectorStore
+    keywords: KeywordIndex
+
+
+@dataclass(frozen=True)
+class FileResult:
+    name: str
+    source: str
+    status: str  # added | replaced | unchanged | failed
+    chunks: int = 0
+    document_id: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class IngestReport:
+    results: list[FileResult] = field(default_factory=list)
+    job_id: str | None = None
+
+    def _named(self, status: str) -> list[str]:
+        return [r.name for r in self.results if r.status == status]
+
+    @property
+    def added(self) -> list[str]:
+        return self._named(ADDED)
+
+    @property
+    def replaced(self) -> list[str]:
+        return self._named(REPLACED)
+
+    @property
+    def unchanged(self) -> list[str]:
+        return self._named(UNCHANGED)
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [r for r in self.results if r.status == FAILED]
+
+    @property
+    def chunks_written(self) -> int:
+        return sum(r.chunks for r in self.results if r.status in (ADDED, REPLACED))
+
+
+@dataclass
+class _Prepared:
+    path: Path
+    source: str
+    doc_id: str
+    data_sha: str
+    size: int
+    mime: str
+    chunks: list[Chunk]
+    metadata: dict[str, object]
+    existing: Document | None
+
+
+def expand_paths(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files under the given files and folders (recursive, sorted, hidden entries skipped)."""
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    if not name.startswith("."):
+                        yield Path(root) / name
+        else:
+            yield p
+
+
+def document_id(kb_id: int, source: str) -> str:
+    return hashlib.sha256(f"{kb_id}\0{source}".encode()).hexdigest()[:32]
+
+
+def chunk_id(doc_id: str, chunk: Chunk) -> str:
+    return hashlib.sha256(f"{doc_id}\0{chunk.ordinal}\0{chunk.text}".encode()).hexdigest()[:32]
+
+
+class IngestPipeline:
+    """Ingests files into one knowledge base's indexes and records them in the catalog."""
+
+    def __init__(self, catalog: Catalog, embedder: Embedder, config: IngestConfig) -> None:
+        self.catalog = catalog
+        self.embedder = embedder
+        self.config = config
+
+    def chunker(self, kb: KnowledgeBase) -> Chunker:
+        return Chunker(ChunkingConfig(**kb.chunking), self.embedder.count_tokens)
+
+    def ingest(
+        self,
+        kb: KnowledgeBase,
+        indexes: Indexes,
+        paths: Iterable[Path],
+        on_file: Callable[[FileResult], None] | None = None,
+        sources: dict[Path, str] | None = None,
+    ) -> IngestReport:
+        """Ingest files and folders; a bad file is reported and the others go on.
+
+        Args:
+            sources: optional stable source names per path (the API passes upload names);
+                by default a file's source is its resolved absolute path.
+        """
+        if self.embedder.dim != kb.embedding_dim:
+            raise DimensionMismatch(
+                f"knowledge base {kb.name!r} holds {kb.embedding_dim}-d vectors from "
+                f"{kb.embedding_model}, but the configured embedder makes {self.embedder.dim}-d "
+                "vectors; configure the same model or create a new knowledge base"
+            )
+        files = list(expand_paths(paths))
+        job = self.catalog.create_job("ingest", kb.id, len(files))
+        report = IngestReport(job_id=job.id)
+        chunker = self.chunker(kb)
+
+        def emit(result: FileResult) -> None:
+            report.results.append(result)
+            self.catalog.update_job(
+                job.id,
+                done=int(result.status in (ADDED, REPLACED)),
+                skipped=int(result.status == UNCHANGED),
+                failed=int(result.status == FAILED),
+                chunks=result.chunks if result.status in (ADDED, REPLACED) else 0,
+                error=(result.name, result.error or "") if result.status == FAILED else None,
+            )
+            if on_file is not None:
+                on_file(result)
+
+        group: list[_Prepared] = []
+        for path in files:
+            source = (sources or {}).get(path) or str(path.resolve())
+            outcome = self._prepare(kb, chunker, path, source)
+            if isinstance(outcome, FileResult):
+                emit(outcome)
+                continue
+            group.append(outcome)
+            if sum(len(p.chunks) for p in group) >= _GROUP_CHUNKS:
+                for result in self._write_group(kb, indexes, group):
+                    emit(result)
+                group = []
+        for result in self._write_group(kb, indexes, group):
+            emit(result)
+        self.catalog.update_job(job.id, status=JOB_DONE)
+        return report
+
+    def _prepare(
+        self, kb: KnowledgeBase, chunker: Chunker, path: Path, source: str
+    ) -> _Prepared | FileResult:
+        name = path.name
+        doc_id = document_id(kb.id, source)
+        try:
+            mime = mime_type_for(name)
+            size = path.stat().st_size
+            if size > self.config.max_file_bytes:
+                raise PayloadTooLarge(
+                    f"{name}: {size} bytes is over the {self.config.max_file_bytes}-byte limit"
+                )
+            data = path.read_bytes()
+        except OSError as exc:
+            return self._fail(kb, doc_id, name, source, "", 0,
+                              InvalidInput(f"{name}: cannot read the file ({exc.strerror})"))
+        except RagError as exc:
+            return self._fail(kb, doc_id, name, source, "", 0, exc)
+        sha = hashlib.sha256(data).hexdigest()
+        existing = self.catalog.find_document(kb.id, source)
+        if existing is not None and existing.status == DOC_INDEXED and existing.sha256 == sha:
+            return FileResult(name, source, UNCHANGED, existing.chunk_count, doc_id)
+        try:
+            loaded = load_bytes(name, data)
+            chunks = chunker.split(loaded)
+            if not chunks:
+                raise InvalidInput(f"{name}: no text to index")
+        except RagError as exc:
+            return self._fail(kb, doc_id, name, source, mime, len(data), exc)
+        meta: dict[str, object] = {"sha256": sha, **loaded.metadata}
+        return _Prepared(path, source, doc_id, sha, len(data), mime, chunks, meta, existing)
+
+    def _fail(
+        self, kb: KnowledgeBase, doc_id: str, name: str, source: str, mime: str, size: int,
+        exc: RagError,
+    ) -> FileResult:
+        self.catalog.fail_document(doc_id, kb.id, name, source, mime or "unknown", size,
+                                   f"{exc.type}: {exc.message}")
+        return FileResult(name, source, FAILED, 0, doc_id, exc.message)
+
+    def _write_group(
+        self, kb: KnowledgeBase, indexes: Indexes, group: list[_Prepared]
+    ) -> list[FileResult]:
+        if not group:
+            return []
+        texts = [c.text for p in group for c in p.chunks]
+        try:
+            vectors = self.embedder.embed_documents(texts)
+        except RagError as exc:
+            return [self._fail(kb, p.doc_id, p.path.name, p.source, p.mime, p.size, exc)
+                    for p in group]
+        results: list[FileResult] = []
+        offset = 0
+        for p in group:
+            vecs = vectors[offset : offset + len(p.chunks)]
+            offset += len(p.chunks)
+            results.append(self._write_document(kb, indexes, p, vecs))
+        return results
+
+    def _write_document(self, kb: KnowledgeBase, indexes: Indexes, p: _Prepared,
+                        vecs: object) -> FileResult:
+        name = p.path.name
+        ids = [chunk_id(p.doc_id, c) for c in p.chunks]
+        old_ids = self.catalog.chunk_ids(p.doc_id)
+        self.catalog.begin_document(p.doc_id, kb.id, name, p.source, p.mime, p.size)
+        records = [
+            Record(cid, vec, c.text, _chunk_metadata(p.doc_id, name, c))
+            for cid, vec, c in zip(ids, vecs, p.chunks, strict=True)  # type: ignore[call-overload]
+        ]
+        try:
+            indexes.vectors.upsert(records)
+            indexes.keywords.upsert([(r.id, r.text, r.metadata) for r in records])
+            stale = sorted(set(old_ids) - set(ids))
+            if stale:
+                indexes.vectors.delete(ids=stale)
+                indexes.keywords.delete(stale)
+        except RagError as exc:
+            self._undo_partial(indexes, sorted(set(ids) - set(old_ids)))
+            self.catalog.restore_document(p.doc_id)
+            return self._fail(kb, p.doc_id, name, p.source, p.mime, p.size, exc)
+        self.catalog.finish_document(
+            p.doc_id, p.data_sha, p.mime, p.size, p.metadata,
+            [NewChunk(cid, c.ordinal, c.text, c.start, c.end, c.page, c.token_count)
+             for cid, c in zip(ids, p.chunks, strict=True)],
+        )
+        status = REPLACED if p.existing is not None and p.existing.chunk_count else ADDED
+        return FileResult(name, p.source, status, len(p.chunks), p.doc_id)
+
+    @staticmethod
+    def _undo_partial(indexes: Indexes, new_ids: list[str]) -> None:
+        try:
+            if new_ids:
+                indexes.vectors.delete(ids=new_ids)
+                indexes.keywords.delete(new_ids)
+        except RagError:
+            pass  # the store is down; reconcile() finishes the cleanup on the next start
+
+    def delete_document(self, kb: KnowledgeBase, indexes: Indexes, doc_id: str) -> Document:
+        """Remove a document's vectors and keywords, then its catalog rows."""
+        doc = self.catalog.get_document(kb.id, doc_id)
+        indexes.vectors.delete(filter=Eq("document_id", doc_id))
+        indexes.keywords.delete_document(doc_id)
+        self.catalog.delete_document(doc_id)
+        return doc
+
+    def reconcile(self, kb: KnowledgeBase, indexes: Indexes) -> list[str]:
+        """Repair documents a crash left half-written; returns the names repaired.
+
+        A document still ``indexing`` may have vectors of a new version next to the chunks
+        of its old one. Its vectors are removed and it is marked failed with a clear error,
+        so the next ingest of the file writes it whole.
+        """
+        repaired = []
+        for doc in self.catalog.documents_in_status(kb.id, [DOC_INDEXING]):
+            indexes.vectors.delete(filter=Eq("document_id", doc.id))
+            indexes.keywords.delete_document(doc.id)
+            self.catalog.discard_chunks(doc.id)
+            self.catalog.fail_document(doc.id, kb.id, doc.name, doc.source, doc.mime_type,
+                                       doc.size, "indexing was interrupted; ingest it again")
+            repaired.append(doc.name)
+        return repaired
+
+
+def _chunk_metadata(doc_id: str, name: str, chunk: Chunk) -> dict[str, object]:
+    meta: dict[str, object] = {
+        "document_id": doc_id,
+        "document_name": name,
+        "ordinal": chunk.ordinal,
+        "start": chunk.start,
+        "end": chunk.end,
+    }
+    if chunk.page is not None:
+        meta["page"] = chunk.page
+    return meta

@@ -1,0 +1,259 @@
+"""The ``rag`` command line (Typer). Every command that prints results takes ``--json``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, is_dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from rag.engine import RAG
+from rag.errors import RagError
+from rag.settings import Settings
+from stores.base import parse_filter
+
+app = typer.Typer(help="Ingest documents, ask questions, get cited answers.", no_args_is_help=True)
+kb_app = typer.Typer(help="Knowledge bases.", no_args_is_help=True)
+docs_app = typer.Typer(help="Documents of a knowledge base.", no_args_is_help=True)
+config_app = typer.Typer(help="Settings.", no_args_is_help=True)
+app.add_typer(kb_app, name="kb")
+app.add_typer(docs_app, name="docs")
+app.add_typer(config_app, name="config")
+
+out = Console()
+err = Console(stderr=True)
+
+KbOpt = Annotated[str | None, typer.Option("--kb", help="knowledge base (default: RAG_DEFAULT_KB)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+SAMPLES = Path(__file__).parent / "samples"
+DEMO_QUESTION = "How much is an adult ticket at the observatory?"
+
+
+def _engine() -> RAG:
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    return RAG.from_settings(Settings())
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in asdict(value).items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, datetime | Path):
+        return str(value)
+    return value
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(_plain(value), ensure_ascii=False, indent=2) + "\n")
+
+
+def _run(fn: Any) -> Any:
+    try:
+        return fn()
+    except RagError as exc:
+        err.print(f"[red]error[/red] ({exc.type}): {exc.message}")
+        raise typer.Exit(code=2) from None
+
+
+@config_app.command("show")
+def config_show(as_json: JsonOpt = True) -> None:
+    """Print the effective settings, secrets masked."""
+    _print_json(Settings().masked())
+
+
+@kb_app.command("create")
+def kb_create(
+    name: str,
+    store: Annotated[str | None, typer.Option(help="store URL (default: RAG_STORE__URL)")] = None,
+    description: str = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a knowledge base."""
+    kb = _run(lambda: _engine().create_kb(name, store, description))
+    if as_json:
+        _print_json(kb)
+    else:
+        out.print(f"created knowledge base [bold]{kb.name}[/bold] ({kb.store_url})")
+
+
+@kb_app.command("list")
+def kb_list(as_json: JsonOpt = False) -> None:
+    """List knowledge bases."""
+    kbs = _run(lambda: _engine().list_kbs())
+    if as_json:
+        _print_json(kbs)
+        return
+    table = Table("name", "documents", "chunks", "embedding model", "store")
+    for kb in kbs:
+        table.add_row(kb.name, str(kb.document_count), str(kb.chunk_count),
+                      kb.embedding_model, kb.store_url)
+    out.print(table)
+
+
+@kb_app.command("delete")
+def kb_delete(name: str, yes: Annotated[bool, typer.Option("--yes", "-y")] = False) -> None:
+    """Delete a knowledge base with its vectors and catalog rows."""
+    if not yes:
+        typer.confirm(f"Delete knowledge base {name!r} and all its documents?", abort=True)
+    _run(lambda: _engine().delete_kb(name))
+    out.print(f"deleted knowledge base {name}")
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="files and folders (recursive)")],
+    kb: KbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest files and folders; unchanged files are skipped, changed ones replaced."""
+    _ingest(_engine(), paths, kb, as_json)
+
+
+def _ingest(rag: RAG, paths: list[Path], kb: str | None, as_json: bool) -> None:
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        err.print(f"[red]error[/red]: no such file or folder: {', '.join(missing)}")
+        raise typer.Exit(code=2)
+    from ingest.pipeline import expand_paths
+
+    total = len(list(expand_paths(paths)))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=err, transient=True, disable=as_json) as progress:
+        task = progress.add_task("ingesting", total=total)
+        report = _run(lambda: rag.ingest(
+            paths, kb, on_file=lambda r: progress.update(task, advance=1, description=r.name)
+        ))
+    if as_json:
+        _print_json({"job_id": report.job_id, "added": report.added,
+                     "replaced": report.replaced, "unchanged": report.unchanged,
+                     "failed": report.failed, "chunks_written": report.chunks_written})
+    else:
+        out.print(
+            f"{len(report.added)} added, {len(report.unchanged)} unchanged, "
+            f"{len(report.replaced)} replaced, {len(report.failed)} failed; "
+            f"{report.chunks_written} chunks written"
+        )
+        for f in report.failed:
+            out.print(f"  [red]failed[/red] {f.source}: {f.error}")
+    if report.failed and not (report.added or report.replaced or report.unchanged):
+        raise typer.Exit(code=1)
+
+
+@docs_app.command("list")
+def docs_list(kb: KbOpt = None, status: str | None = None, as_json: JsonOpt = False) -> None:
+    """List documents with their status."""
+    docs = _run(lambda: _engine().list_documents(kb, status, limit=100_000))
+    if as_json:
+        _print_json(docs)
+        return
+    table = Table("id", "name", "status", "chunks", "size", "error")
+    for d in docs:
+        table.add_row(d.id[:12], d.name, d.status, str(d.chunk_count), str(d.size), d.error or "")
+    out.print(table)
+
+
+@docs_app.command("delete")
+def docs_delete(document: Annotated[str, typer.Argument(help="document id or name")],
+                kb: KbOpt = None) -> None:
+    """Delete a document: its vectors, keywords and catalog rows."""
+    doc = _run(lambda: _engine().delete_document(document, kb))
+    out.print(f"deleted {doc.name} ({doc.chunk_count} chunks)")
+
+
+@app.command()
+def search(
+    query: str,
+    kb: KbOpt = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", "-k")] = None,
+    mode: Annotated[str | None, typer.Option(help="dense, keyword or hybrid")] = None,
+    min_score: Annotated[float | None, typer.Option(help="dense cosine threshold")] = None,
+    filter: Annotated[str | None, typer.Option(help='JSON filter, e.g. {"page": 2}')] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the passages retrieved for a query."""
+    flt = _run(lambda: parse_filter(json.loads(filter)) if filter else None)
+    result = _run(lambda: _engine().search(query, kb, top_k, mode, min_score, flt))  # type: ignore[arg-type]
+    if as_json:
+        _print_json(result)
+        return
+    if not result.passages:
+        out.print("no relevant passages found")
+    for i, p in enumerate(result.passages, 1):
+        where = p.document_name + (f" p.{p.page}" if p.page else "")
+        out.print(f"[bold][{i}][/bold] {where}  score={p.score:.4f}  chunk={p.chunk_id}")
+        out.print("    " + p.text.replace("\n", " ")[:300])
+
+
+@app.command()
+def ask(
+    question: str,
+    kb: KbOpt = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", "-k")] = None,
+    mode: Annotated[str | None, typer.Option(help="dense, keyword or hybrid")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer a question from a knowledge base, streaming the answer, then its sources."""
+    _ask(_engine(), question, kb, top_k, mode, as_json)
+
+
+def _ask(rag: RAG, question: str, kb: str | None, top_k: int | None, mode: str | None,
+         as_json: bool) -> None:
+    answer = None
+
+    def run() -> None:
+        nonlocal answer
+        for delta in rag.ask_stream(question, kb, top_k, mode):  # type: ignore[arg-type]
+            if delta.answer is not None:
+                answer = delta.answer
+            elif not as_json:
+                out.print(delta.text, end="", soft_wrap=True, highlight=False, markup=False)
+
+    _run(run)
+    assert answer is not None
+    if as_json:
+        _print_json(answer)
+        return
+    out.print()
+    out.print()
+    out.print("[bold]Answer with citations:[/bold] " + answer.text, highlight=False)
+    if answer.citations:
+        out.print("[bold]Sources:[/bold]")
+        for c in answer.citations:
+            where = c.document_name + (f", p. {c.page}" if c.page else "")
+            out.print(f"  [{c.n}] {where} (chars {c.start}-{c.end}): "
+                      + c.text.replace("\n", " ")[:160], highlight=False, markup=False)
+    t = answer.timings
+    if t.time_to_first_token_ms is not None:
+        out.print(f"[dim]retrieval {t.retrieval_ms:.0f} ms, first token "
+                  f"{t.time_to_first_token_ms:.0f} ms, "
+                  f"{t.tokens_per_second or 0:.1f} tokens/s[/dim]")
+
+
+@app.command()
+def demo(question: str = DEMO_QUESTION) -> None:
+    """Ingest the bundled sample documents into the default knowledge base and ask a question."""
+    rag = _engine()
+    out.print(f"[bold]Ingesting sample documents[/bold] from {SAMPLES}")
+    _ingest(rag, [p for p in sorted(SAMPLES.iterdir()) if p.suffix != ".py"], None, False)
+    out.print(f"\n[bold]Question:[/bold] {question}\n")
+    _ask(rag, question, None, None, None, False)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

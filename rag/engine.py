@@ -1,0 +1,231 @@
+"""The RAG facade: the public Python API over catalog, pipeline, retrieval and generation.
+
+>>> rag = RAG.from_settings()
+>>> rag.ingest(["docs/"], kb="handbook")
+>>> answer = rag.ask("How do I reset my password?", kb="handbook")
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingest.catalog import Catalog, Document, KnowledgeBase
+from ingest.embedding import SentenceTransformerEmbedder
+from ingest.pipeline import FileResult, Indexes, IngestPipeline, IngestReport
+from rag import citations as cite
+from rag.generation.base import Completion, GenerationParams, Generator, Message
+from rag.prompts import build_messages, fit_passages, no_answer_text
+from rag.retrieval import Mode, Retriever
+from rag.settings import Settings
+from rag.types import Answer, Passage, SearchResult, Timings, Usage
+from stores import open_store, url_path
+from stores.base import Filter
+from stores.errors import InvalidInput, NotFound
+from stores.keyword import KeywordIndex
+
+
+@dataclass(frozen=True)
+class AnswerDelta:
+    """One streamed piece of an answer; the last one carries the finished ``answer``."""
+
+    text: str
+    answer: Answer | None = None
+
+
+class RAG:
+    """Ingest documents into knowledge bases and answer questions from them with citations."""
+
+    def __init__(self, settings: Settings, generator: Generator | None = None) -> None:
+        self.settings = settings
+        self.data_dir = settings.resolved_data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.catalog = Catalog(settings.catalog_url)
+        self.embedder = SentenceTransformerEmbedder(settings.embedding)
+        self.pipeline = IngestPipeline(self.catalog, self.embedder, settings.ingest)
+        self.retriever = Retriever(self.catalog, self.embedder, settings.retrieval)
+        self._generator = generator
+        self._indexes: dict[str, Indexes] = {}
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> RAG:
+        """Build the engine from settings (the environment and ``.env`` when not given)."""
+        return cls(settings or Settings())
+
+    @property
+    def generator(self) -> Generator:
+        with self._lock:
+            if self._generator is None:
+                from rag.generation.transformers_backend import TransformersGenerator
+
+                self._generator = TransformersGenerator(
+                    self.settings.generator, self.data_dir / "models"
+                )
+            return self._generator
+
+    # -- knowledge bases ------------------------------------------------------------------------
+
+    def create_kb(self, name: str, store_url: str | None = None,
+                  description: str = "") -> KnowledgeBase:
+        url = store_url or self.settings.store.url_for(str(self.data_dir), name)
+        return self.catalog.create_kb(
+            name, self.embedder.model_id, self.embedder.dim, url,
+            self.settings.chunking.model_dump(), description,
+        )
+
+    def get_kb(self, name: str) -> KnowledgeBase:
+        return self.catalog.get_kb(name)
+
+    def list_kbs(self) -> list[KnowledgeBase]:
+        return self.catalog.list_kbs()
+
+    def delete_kb(self, name: str) -> None:
+        """Delete a knowledge base: its vectors, its keyword index, then its catalog rows."""
+        kb = self.catalog.get_kb(name)
+        indexes = self.indexes(kb)
+        indexes.vectors.drop()
+        indexes.keywords.drop()
+        with self._lock:
+            self._indexes.pop(name, None)
+        indexes.vectors.close()
+        indexes.keywords.close()
+        self._keyword_path(kb).unlink(missing_ok=True)
+        if kb.store_url.startswith("faiss:"):
+            shutil.rmtree(url_path(kb.store_url), ignore_errors=True)
+        self.catalog.delete_kb(name)
+
+    def _keyword_path(self, kb: KnowledgeBase) -> Path:
+        return self.data_dir / "keyword" / f"{kb.name}.sqlite"
+
+    def indexes(self, kb: KnowledgeBase) -> Indexes:
+        """The knowledge base's opened stores (opened once per process, then reconciled)."""
+        with self._lock:
+            found = self._indexes.get(kb.name)
+            if found is None:
+                found = Indexes(open_store(kb.store_url), KeywordIndex(self._keyword_path(kb)))
+                self._indexes[kb.name] = found
+                self.pipeline.reconcile(kb, found)
+            return found
+
+    # -- documents ------------------------------------------------------------------------------
+
+    def ingest(
+        self,
+        paths: Iterable[str | Path],
+        kb: str | None = None,
+        on_file: Callable[[FileResult], None] | None = None,
+    ) -> IngestReport:
+        """Ingest files and folders into a knowledge base, creating it when it does not exist."""
+        name = kb or self.settings.default_kb
+        try:
+            base = self.catalog.get_kb(name)
+        except NotFound:
+            base = self.create_kb(name)
+        return self.pipeline.ingest(base, self.indexes(base), [Path(p) for p in paths], on_file)
+
+    def list_documents(self, kb: str | None = None, status: str | None = None,
+                       offset: int = 0, limit: int = 100) -> list[Document]:
+        base = self.catalog.get_kb(kb or self.settings.default_kb)
+        return self.catalog.list_documents(base.id, status, offset, limit)
+
+    def delete_document(self, document: str, kb: str | None = None) -> Document:
+        """Delete a document by id or by name; its vectors go first, then its catalog rows."""
+        base = self.catalog.get_kb(kb or self.settings.default_kb)
+        doc_id = self._find_document_id(base, document)
+        return self.pipeline.delete_document(base, self.indexes(base), doc_id)
+
+    def _find_document_id(self, kb: KnowledgeBase, document: str) -> str:
+        docs = self.catalog.list_documents(kb.id, limit=1_000_000)
+        by_id = [d for d in docs if d.id == document]
+        if by_id:
+            return by_id[0].id
+        named = [d for d in docs if document in (d.name, d.source)]
+        if len(named) == 1:
+            return named[0].id
+        if len(named) > 1:
+            raise InvalidInput(f"several documents are named {document!r}; use the document id")
+        raise NotFound(f"no document {document!r} in knowledge base {kb.name!r}")
+
+    # -- questions ------------------------------------------------------------------------------
+
+    def search(self, query: str, kb: str | None = None, top_k: int | None = None,
+               mode: Mode | None = None, min_score: float | None = None,
+               filter: Filter | None = None) -> SearchResult:
+        base = self.catalog.get_kb(kb or self.settings.default_kb)
+        start = time.perf_counter()
+        passages = self.retriever.search(base, self.indexes(base), query, top_k, mode,
+                                         min_score, filter)
+        ms = (time.perf_counter() - start) * 1000
+        return SearchResult(query, passages, Timings(retrieval_ms=ms))
+
+    def ask(self, question: str, kb: str | None = None, top_k: int | None = None,
+            mode: Mode | None = None, min_score: float | None = None,
+            filter: Filter | None = None, history: list[Message] | None = None,
+            params: GenerationParams | None = None) -> Answer:
+        """Answer a question from the knowledge base, citing the passages used."""
+        final: Answer | None = None
+        for delta in self.ask_stream(question, kb, top_k, mode, min_score, filter, history,
+                                     params):
+            final = delta.answer or final
+        assert final is not None
+        return final
+
+    def ask_stream(self, question: str, kb: str | None = None, top_k: int | None = None,
+                   mode: Mode | None = None, min_score: float | None = None,
+                   filter: Filter | None = None, history: list[Message] | None = None,
+                   params: GenerationParams | None = None) -> Iterator[AnswerDelta]:
+        """Stream an answer: text deltas, then a last delta holding the cited ``Answer``."""
+        found = self.search(question, kb, top_k, mode, min_score, filter)
+        timings = found.timings
+        if not found.passages:
+            text = no_answer_text(question)
+            yield AnswerDelta(text)
+            yield AnswerDelta("", Answer(question, text, [], [], timings, abstained=True,
+                                         model=self.generator.model_id))
+            return
+        gen = self.generator
+        p = params or self._default_params()
+        budget = gen.context_window - p.max_tokens
+        passages = fit_passages(question, found.passages, gen.count_tokens, budget, history)
+        if not passages:
+            raise InvalidInput("the question alone does not fit the model's context window")
+        messages = build_messages(question, passages, history)
+        completion: Completion | None = None
+        for delta in gen.stream(messages, p):
+            if delta.text:
+                yield AnswerDelta(delta.text)
+            completion = delta.completion or completion
+        assert completion is not None
+        yield AnswerDelta("", self._finish(question, passages, completion, timings, gen.model_id))
+
+    def _default_params(self) -> GenerationParams:
+        g = self.settings.generator
+        return GenerationParams(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p)
+
+    @staticmethod
+    def _finish(question: str, passages: list[Passage], completion: Completion,
+                retrieval: Timings, model: str) -> Answer:
+        text = cite.clean_markers(completion.text.strip(), len(passages))
+        text = cite.attribute(text, passages)
+        timings = Timings(
+            retrieval_ms=retrieval.retrieval_ms,
+            generation_ms=completion.total_time * 1000,
+            time_to_first_token_ms=completion.time_to_first_token * 1000,
+            tokens_per_second=completion.tokens_per_second,
+        )
+        usage = Usage(completion.prompt_tokens, completion.completion_tokens)
+        return Answer(question, text, cite.resolve(text, passages), passages, timings, usage,
+                      model=model)
+
+    def close(self) -> None:
+        with self._lock:
+            for indexes in self._indexes.values():
+                indexes.vectors.close()
+                indexes.keywords.close()
+            self._indexes.clear()
+        self.catalog.close()

@@ -1,0 +1,70 @@
+"""The generator seam: the ``Generator`` protocol and its values."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A finished generation. Times are seconds; ``finish_reason`` is ``stop`` or ``length``."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    time_to_first_token: float
+    total_time: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        decode = self.total_time - self.time_to_first_token
+        return self.completion_tokens / decode if decode > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of streamed text; the last delta carries the finished ``completion``."""
+
+    text: str
+    completion: Completion | None = field(default=None)
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """A chat model."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def context_window(self) -> int:
+        """Prompt plus completion tokens the model accepts."""
+        ...
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        """Prompt tokens these messages take, chat template included."""
+        ...
+
+    def generate(self, messages: list[Message], params: GenerationParams) -> Completion: ...
+
+    def stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Delta]: ...

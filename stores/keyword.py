@@ -1,0 +1,144 @@
+"""Keyword search: a BM25 index beside the vector store, Chinese-aware.
+
+Text is tokenized here (jieba words for Chinese, lower-cased words for other scripts,
+stop words dropped) and the tokens are kept in an SQLite FTS5 table, whose ``bm25()``
+ranks matches. The index lives in one SQLite file per knowledge base, written by the same
+pipeline step as the vectors and deleted with them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from stores.base import Filter, matches
+from stores.errors import StoreUnavailable
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_WORD = re.compile(r"[\w]+", re.UNICODE)
+_STOP_TEXT = """
+a an and are as at be by for from has have how in is it its of on or that the this to
+was were what when where which who why will with do does did not no can you your we our i
+的 了 是 在 和 与 或 也 就 都 而 及 着 吗 呢 吧 啊 什么 怎么 如何 哪 哪些 为什么 是否
+一个 这个 那个 这 那 有 被 把 对
+"""
+STOP_WORDS = frozenset(_STOP_TEXT.split())
+
+
+def has_cjk(text: str) -> bool:
+    return _CJK.search(text) is not None
+
+
+@lru_cache(maxsize=1)
+def _jieba() -> Any:
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    return jieba
+
+
+def tokenize(text: str) -> list[str]:
+    """Search tokens: jieba words for CJK runs, lower-cased words elsewhere, no stop words."""
+    tokens: list[str] = []
+    if has_cjk(text):
+        pieces: Sequence[str] = _jieba().lcut_for_search(text)
+    else:
+        pieces = _WORD.findall(text)
+    for piece in pieces:
+        for word in _WORD.findall(piece.lower()):
+            if word not in STOP_WORDS and not (len(word) == 1 and word.isascii()):
+                tokens.append(word)
+    return tokens
+
+
+@dataclass(frozen=True)
+class KeywordHit:
+    """``score`` is BM25 (higher is better); ``coverage`` the share of query terms present."""
+
+    id: str
+    score: float
+    coverage: float
+    metadata: dict[str, Any]
+
+
+class KeywordIndex:
+    """BM25 over one knowledge base's chunks, persisted in an SQLite FTS5 file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE VIRTUAL TABLE IF NOT EXISTS chunks USING fts5("
+                "tokens, id UNINDEXED, metadata UNINDEXED, "
+                "tokenize='unicode61 remove_diacritics 2')"
+            )
+            self._db.commit()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open keyword index {self.path}: {exc}") from exc
+
+    def upsert(self, items: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        """Index ``(id, text, metadata)`` items, replacing earlier entries with the same id."""
+        rows = [(" ".join(tokenize(text)), cid, json.dumps(meta)) for cid, text, meta in items]
+        with self._lock, self._db:
+            self._db.executemany("DELETE FROM chunks WHERE id = ?", [(r[1],) for r in rows])
+            self._db.executemany("INSERT INTO chunks(tokens, id, metadata) VALUES (?,?,?)", rows)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        with self._lock, self._db:
+            self._db.executemany("DELETE FROM chunks WHERE id = ?", [(i,) for i in ids])
+
+    def delete_document(self, document_id: str) -> None:
+        """Delete every entry whose metadata names ``document_id``."""
+        with self._lock, self._db:
+            self._db.execute(
+                "DELETE FROM chunks WHERE json_extract(metadata, '$.document_id') = ?",
+                (document_id,),
+            )
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+
+    def search(self, query: str, k: int, filter: Filter | None = None) -> list[KeywordHit]:
+        terms = list(dict.fromkeys(tokenize(query)))
+        if not terms:
+            return []
+        match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+        limit = k if filter is None else max(k * 10, 100)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, metadata, tokens, bm25(chunks) AS s FROM chunks WHERE chunks MATCH ? "
+                "ORDER BY s LIMIT ?",
+                (match, limit),
+            ).fetchall()
+        hits: list[KeywordHit] = []
+        for cid, meta_json, tokens, score in rows:
+            meta = json.loads(meta_json)
+            if filter is not None and not matches(filter, meta):
+                continue
+            present = set(tokens.split())
+            coverage = sum(1 for t in terms if t in present) / len(terms)
+            hits.append(KeywordHit(cid, -float(score), coverage, meta))
+            if len(hits) == k:
+                break
+        return hits
+
+    def drop(self) -> None:
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM chunks")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
