@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ingest.catalog import Catalog, Document, KnowledgeBase
-from ingest.embedding import SentenceTransformerEmbedder
+from ingest.embedding import Embedder, SentenceTransformerEmbedder
 from ingest.pipeline import FileResult, Indexes, IngestPipeline, IngestReport
 from rag import citations as cite
 from rag.generation.base import Completion, GenerationParams, Generator, Message
@@ -40,12 +40,17 @@ class AnswerDelta:
 class RAG:
     """Ingest documents into knowledge bases and answer questions from them with citations."""
 
-    def __init__(self, settings: Settings, generator: Generator | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        generator: Generator | None = None,
+        embedder: Embedder | None = None,
+    ) -> None:
         self.settings = settings
         self.data_dir = settings.resolved_data_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.catalog = Catalog(settings.catalog_url)
-        self.embedder = SentenceTransformerEmbedder(settings.embedding)
+        self.embedder: Embedder = embedder or SentenceTransformerEmbedder(settings.embedding)
         self.pipeline = IngestPipeline(self.catalog, self.embedder, settings.ingest)
         self.retriever = Retriever(self.catalog, self.embedder, settings.retrieval)
         self._generator = generator

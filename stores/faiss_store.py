@@ -206,6 +206,8 @@ class FaissStore:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX if write else fcntl.LOCK_SH)
             try:
                 self._sync()
+                if write:  # bytes past the last whole entry are a torn append: cut them
+                    log.truncate(self._log_path, self._log_offset)
                 yield
             finally:
                 fcntl.flock(self._lock_fh, fcntl.LOCK_UN)

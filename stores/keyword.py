@@ -28,7 +28,7 @@ _STOP_TEXT = """
 a an and are as at be by for from has have how in is it its of on or that the this to
 was were what when where which who why will with do does did not no can you your we our i
 的 了 是 在 和 与 或 也 就 都 而 及 着 吗 呢 吧 啊 什么 怎么 如何 哪 哪些 为什么 是否
-一个 这个 那个 这 那 有 被 把 对
+一个 这个 那个 这 那 有 被 把 对 没有 怎么办 怎么样 应该 可以 多少 需要 能 会 要 请问 哪里 几 个
 """
 STOP_WORDS = frozenset(_STOP_TEXT.split())
 
@@ -46,10 +46,14 @@ def _jieba() -> Any:
 
 
 def tokenize(text: str) -> list[str]:
-    """Search tokens: jieba words for CJK runs, lower-cased words elsewhere, no stop words."""
+    """Search tokens: jieba words and characters for Chinese, lower-cased words elsewhere,
+    no stop words."""
     tokens: list[str] = []
     if has_cjk(text):
-        pieces: Sequence[str] = _jieba().lcut_for_search(text)
+        # jieba's words, plus each Chinese character: a query segmented differently from
+        # the passage (休完 / 未休 完) still meets it, and BM25's IDF keeps common ones cheap.
+        pieces: list[str] = list(_jieba().lcut_for_search(text))
+        pieces.extend(ch for ch in text if _CJK.match(ch))
     else:
         pieces = _WORD.findall(text)
     for piece in pieces:

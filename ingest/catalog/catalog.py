@@ -305,7 +305,7 @@ class Catalog:
                 .join(DocumentRow, ChunkRow.document_id == DocumentRow.id)
                 .where(ChunkRow.id.in_(list(ids)), DocumentRow.kb_id == kb_id)
             )
-            return {c.id: (_chunk(c), _doc(d)) for c, d in s.execute(q).tuples()}
+            return {c.id: (_chunk(c), _doc(d)) for c, d in s.execute(q).all()}
 
     def chunk_total(self, kb_id: int) -> int:
         with self._session() as s:

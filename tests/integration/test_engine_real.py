@@ -1,0 +1,88 @@
+"""The engine with the real packaged models, offline."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rag.cli import app
+from rag.engine import RAG
+from rag.settings import Settings
+from tests.conftest import SAMPLES, make_settings
+
+
+@pytest.fixture
+def real_rag(tmp_path: Path, real_embedder) -> RAG:  # type: ignore[no-untyped-def]
+    rag = RAG(make_settings(tmp_path), embedder=real_embedder)
+    rag.ingest([p for p in SAMPLES.iterdir() if p.suffix != ".py"])
+    return rag
+
+
+@pytest.mark.parametrize(
+    ("question", "document", "needle"),
+    [
+        ("西湖龙井产于哪里？", "绿茶与红茶.md", "杭州"),
+        ("红茶可以保存多久？", "绿茶与红茶.md", "两到三年"),
+        ("年假没有休完怎么办？", "年假制度.html", "顺延"),
+        ("When does the observatory open on weekends?", "observatory-guide.md", "4 pm"),
+        ("How long until I get my refund?", "returns-policy.html", "5 business days"),
+        ("How long does green tea keep its taste?", "tea-brewing.pdf", "twelve months"),
+    ],
+)
+def test_real_embedder_retrieves_the_right_passage(
+    real_rag: RAG, question: str, document: str, needle: str
+) -> None:
+    top = real_rag.search(question).passages[0]
+    assert top.document_name == document
+    assert needle in top.text
+
+
+def test_unrelated_questions_find_nothing(real_rag: RAG) -> None:
+    assert real_rag.search("What is the capital of Mongolia?").passages == []
+    assert real_rag.search("火星有几颗卫星？").passages == []
+
+
+def test_cli_ingest_search_docs_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    docs = tmp_path / "docs"
+    shutil.copytree(SAMPLES, docs, ignore=shutil.ignore_patterns("*.py"))
+    (docs / "bad.xyz").write_text("?")
+    runner = CliRunner()
+    r = runner.invoke(app, ["ingest", str(docs), "--kb", "cli", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert len(summary["added"]) == 5 and summary["failed"][0]["name"] == "bad.xyz"
+    r = runner.invoke(app, ["ingest", str(docs), "--kb", "cli"])
+    assert "0 added, 5 unchanged, 0 replaced, 1 failed" in r.stdout
+    r = runner.invoke(app, ["search", "年假可以顺延到什么时候", "--kb", "cli", "-k", "2", "--json"])
+    result = json.loads(r.stdout)
+    first = result["passages"][0]
+    assert first["document_name"] == "年假制度.html" and first["chunk_id"] and first["score"] > 0
+    r = runner.invoke(app, ["docs", "list", "--kb", "cli", "--json"])
+    assert {d["status"] for d in json.loads(r.stdout)} == {"indexed", "failed"}
+    r = runner.invoke(app, ["docs", "delete", "年假制度.html", "--kb", "cli"])
+    assert r.exit_code == 0
+    r = runner.invoke(app, ["search", "年假可以顺延到什么时候", "--kb", "cli", "--json"])
+    assert all(p["document_name"] != "年假制度.html" for p in json.loads(r.stdout)["passages"])
+    r = runner.invoke(app, ["search", "x", "--kb", "nope"])
+    assert r.exit_code == 2 and "NotFound" in r.stderr
+    r = runner.invoke(app, ["config", "show"])
+    assert json.loads(r.stdout)["data_dir"] == str(tmp_path / "data")
+
+
+@pytest.mark.slow
+def test_packaged_smollm2_answers_with_citation(real_rag: RAG) -> None:
+    answer = real_rag.ask("How much is an adult ticket at the observatory?")
+    assert "12" in answer.text
+    assert answer.citations and answer.citations[0].document_name == "observatory-guide.md"
+    span = answer.citations[0]
+    assert "12 euros" in span.text
+    assert answer.timings.time_to_first_token_ms and answer.usage.completion_tokens > 0
+    assert (real_rag.data_dir / "models" / "smollm2-135m-instruct" / "config.json").exists()
+
+
+def test_settings_type_is_used(tmp_path: Path) -> None:
+    assert isinstance(make_settings(tmp_path), Settings)

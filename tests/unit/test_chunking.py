@@ -1,0 +1,46 @@
+from ingest.chunking import Chunker
+from ingest.config import ChunkingConfig
+from ingest.loaders import LoadedDocument
+from tests.helpers import HashEmbedder
+
+count = HashEmbedder().count_tokens
+
+
+def split(text: str, size: int = 40, overlap: int = 5, pages: list[int] | None = None):
+    doc = LoadedDocument(text, "text/markdown", page_starts=pages or [])
+    return doc, Chunker(ChunkingConfig(chunk_size=size, chunk_overlap=overlap), count).split(doc)
+
+
+def test_spans_are_exact_and_sizes_bounded() -> None:
+    text = "# Title\n\n" + " ".join(f"Sentence {i} is here." for i in range(80))
+    doc, chunks = split(text)
+    assert len(chunks) > 5
+    for c in chunks:
+        assert doc.text[c.start : c.end] == c.text
+        assert c.token_count <= 40 + 8  # a joined lone heading may add a few tokens
+    assert [c.ordinal for c in chunks] == list(range(len(chunks)))
+
+
+def test_chinese_splits_at_sentence_punctuation() -> None:
+    text = "".join(f"第{i}句讲的是检索增强生成的一个要点。" for i in range(30))
+    doc, chunks = split(text, size=30, overlap=0)
+    assert len(chunks) > 3
+    for c in chunks[:-1]:
+        assert c.text.endswith("。"), c.text
+        assert doc.text[c.start : c.end] == c.text
+
+
+def test_headings_start_chunks_and_are_not_alone() -> None:
+    text = "# A\n\n" + "alpha words here. " * 30 + "\n\n## B\n\n" + "beta words here. " * 30
+    _, chunks = split(text)
+    assert any(c.text.startswith("## B\n\nbeta") for c in chunks)
+    assert all(c.text.strip() not in ("# A", "## B") for c in chunks)
+
+
+def test_pages_follow_the_span() -> None:
+    page1 = "first page text. " * 20
+    page2 = "second page text. " * 20
+    text = page1 + "\n\n" + page2
+    _, chunks = split(text, pages=[0, len(page1) + 2])
+    assert chunks[0].page == 1
+    assert chunks[-1].page == 2

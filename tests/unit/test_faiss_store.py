@@ -1,0 +1,118 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stores import open_store
+from stores.base import Eq, Range, Record
+from stores.errors import DimensionMismatch, InvalidInput, StoreUnavailable
+from stores.faiss_store import FaissStore
+
+DIM = 16
+
+
+def vec(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+
+
+def rec(i: int, **meta: object) -> Record:
+    return Record(f"id{i}", vec(i), f"text {i}", {"n": i, **meta})
+
+
+URLS = {
+    "hnsw": "faiss://{}?index=hnsw&m=8",
+    "flat": "faiss://{}?index=flat",
+    "ivf": "faiss://{}?index=ivf&nlist=2&nprobe=2",
+}
+
+
+@pytest.fixture(params=sorted(URLS))
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return URLS[request.param].format(tmp_path / "store")
+
+
+def test_upsert_query_replace_delete(url: str) -> None:
+    store = open_store(url)
+    assert store.count() == 0
+    store.upsert([rec(i, even=i % 2 == 0) for i in range(200)])
+    assert store.count() == 200
+    assert store.dim == DIM
+    hits = store.query(vec(7), 3)
+    assert hits[0].id == "id7" and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert hits[0].score >= hits[1].score >= hits[2].score
+    store.upsert([Record("id7", vec(1000), "replaced", {"n": 7})])
+    assert store.count() == 200
+    assert store.get(["id7"])[0].text == "replaced"
+    assert store.query(vec(1000), 1)[0].id == "id7"
+    assert store.delete(ids=["id1", "id2", "nope"]) == 2
+    assert store.get(["id1", "id3"])[0].id == "id3"
+    assert store.delete(filter=Eq("even", True)) == 99  # id2 is already gone
+    assert store.count() == 99
+    assert all(not h.metadata["even"] for h in store.query(vec(4), 20))
+    assert store.count(Range("n", lt=10)) == 4  # 3, 5, 7, 9
+    filtered = store.query(vec(5), 5, Range("n", gte=5, lte=9))
+    assert next(h.id for h in filtered) == "id5"
+    assert {h.id for h in filtered} <= {"id5", "id7", "id9"}
+    store.close()
+
+
+def test_persistence_and_wal_replay(url: str) -> None:
+    a = open_store(url)
+    a.upsert([rec(i) for i in range(50)])
+    a.delete(ids=["id3"])
+    # a second process-like instance sees the logged writes without a close()
+    b = open_store(url)
+    assert b.count() == 49 and b.query(vec(10), 1)[0].id == "id10"
+    b.upsert([rec(100)])
+    assert a.count() == 50  # a catches up with b's write
+    a.close()
+    b.close()
+    c = open_store(url)
+    assert c.count() == 50 and c.get(["id3"]) == [] and c.get(["id100"])[0].text == "text 100"
+    c.close()
+
+
+def test_torn_log_tail_is_ignored(tmp_path: Path) -> None:
+    url = URLS["flat"].format(tmp_path / "s")
+    s = open_store(url)
+    s.upsert([rec(i) for i in range(5)])
+    with open(tmp_path / "s" / "wal.log", "ab") as fh:
+        fh.write(b"UPSR\x00\x10\x00\x00garbage")  # a crash mid-append
+    t = open_store(url)
+    assert t.count() == 5
+    t.upsert([rec(9)])
+    assert open_store(url).count() == 6
+
+
+def test_dimension_mismatch_is_typed(url: str) -> None:
+    store = open_store(url)
+    store.upsert([rec(1)])
+    with pytest.raises(DimensionMismatch, match="dimension 8"):
+        store.upsert([Record("x", np.ones(8, np.float32), "x", {})])
+    with pytest.raises(DimensionMismatch):
+        store.query(np.ones(8, np.float32), 1)
+
+
+def test_ivf_trains_when_enough_vectors(tmp_path: Path) -> None:
+    store = open_store(f"faiss://{tmp_path / 's'}?index=ivf&nlist=4&nprobe=4")
+    assert isinstance(store, FaissStore)
+    store.upsert([rec(i) for i in range(100)])
+    assert store._index_kind == "flat"  # 100 < 4 * 39 training points
+    store.upsert([rec(i) for i in range(100, 200)])
+    assert store._index_kind == "ivf"
+    assert store.query(vec(150), 1)[0].id == "id150"
+
+
+def test_drop_and_bad_urls(tmp_path: Path) -> None:
+    store = open_store(f"faiss://{tmp_path / 's'}")
+    store.upsert([rec(1)])
+    store.drop()
+    assert store.count() == 0 and store.query(vec(1), 1) == []
+    with pytest.raises(InvalidInput, match="unknown vector store URL scheme"):
+        open_store("nosuch://x")
+    with pytest.raises(InvalidInput, match="index must be"):
+        open_store(f"faiss://{tmp_path}/x?index=lsh")
+    with pytest.raises(InvalidInput, match="unknown faiss URL parameters"):
+        open_store(f"faiss://{tmp_path}/x?bogus=1")
+    with pytest.raises(StoreUnavailable, match="GPU"):
+        open_store(f"faiss://{tmp_path}/x?index=flat&device=gpu")
