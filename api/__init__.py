@@ -1,0 +1,1 @@
+"""The FastAPI service (upload API, jobs, answers, OpenAI-compatible endpoint). See issue 5."""
