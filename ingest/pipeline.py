@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingest.catalog import DOC_INDEXED, DOC_INDEXING, Catalog, Document, KnowledgeBase, NewChunk
+from ingest.catalog import (
+    DOC_INDEXED,
+    DOC_INDEXING,
+    Catalog,
+    ChunkInfo,
+    Document,
+    KnowledgeBase,
+)
 from ingest.catalog.records import JOB_DONE
 from ingest.chunking import Chunk, Chunker
 from ingest.config import ChunkingConfig, IngestConfig
@@ -259,7 +266,7 @@ class IngestPipeline:
             return self._fail(kb, p.doc_id, name, p.source, p.mime, p.size, exc)
         self.catalog.finish_document(
             p.doc_id, p.data_sha, p.mime, p.size, p.metadata,
-            [NewChunk(cid, c.ordinal, c.text, c.start, c.end, c.page, c.token_count)
+            [ChunkInfo(cid, p.doc_id, c.ordinal, c.text, c.start, c.end, c.page, c.token_count)
              for cid, c in zip(ids, p.chunks, strict=True)],
         )
         status = REPLACED if p.existing is not None and p.existing.chunk_count else ADDED

@@ -10,7 +10,6 @@ from ingest.catalog.records import (
     Document,
     Job,
     KnowledgeBase,
-    NewChunk,
 )
 
 __all__ = [
@@ -23,5 +22,4 @@ __all__ = [
     "Document",
     "Job",
     "KnowledgeBase",
-    "NewChunk",
 ]

@@ -28,7 +28,6 @@ from ingest.catalog.records import (
     Document,
     Job,
     KnowledgeBase,
-    NewChunk,
 )
 from stores.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
 
@@ -197,15 +196,8 @@ class Catalog:
     ) -> Document:
         """Mark a document as being (re)indexed. Its previous chunks stay until ``finish``."""
         with self._session() as s:
-            row = s.get(DocumentRow, doc_id)
-            if row is None:
-                row = DocumentRow(
-                    id=doc_id, kb_id=kb_id, name=name, source=source, sha256="",
-                    mime_type=mime_type, size=size, status=DOC_INDEXING, chunk_count=0, meta={},
-                )
-                s.add(row)
-            else:
-                row.status, row.error = DOC_INDEXING, None
+            row = _get_or_add_document(s, doc_id, kb_id, name, source, mime_type, size)
+            row.status, row.error = DOC_INDEXING, None
             s.flush()
             return _doc(row)
 
@@ -216,7 +208,7 @@ class Catalog:
         mime_type: str,
         size: int,
         metadata: dict[str, Any],
-        chunks: Sequence[NewChunk],
+        chunks: Sequence[ChunkInfo],
     ) -> Document:
         """Replace the document's chunks and mark it indexed, in one transaction."""
         with self._session() as s:
@@ -242,13 +234,7 @@ class Catalog:
     ) -> Document:
         """Record a failure. A previously indexed version stays indexed and searchable."""
         with self._session() as s:
-            row = s.get(DocumentRow, doc_id)
-            if row is None:
-                row = DocumentRow(
-                    id=doc_id, kb_id=kb_id, name=name, source=source, sha256="",
-                    mime_type=mime_type, size=size, status=DOC_FAILED, chunk_count=0, meta={},
-                )
-                s.add(row)
+            row = _get_or_add_document(s, doc_id, kb_id, name, source, mime_type, size)
             has_chunks = s.scalar(
                 select(func.count()).select_from(ChunkRow).where(ChunkRow.document_id == doc_id)
             )
@@ -355,6 +341,19 @@ class Catalog:
             if row is None:
                 raise NotFound(f"job {job_id!r} does not exist")
             return _job(row)
+
+
+def _get_or_add_document(
+    s: Session, doc_id: str, kb_id: int, name: str, source: str, mime_type: str, size: int
+) -> DocumentRow:
+    row = s.get(DocumentRow, doc_id)
+    if row is None:
+        row = DocumentRow(
+            id=doc_id, kb_id=kb_id, name=name, source=source, sha256="", mime_type=mime_type,
+            size=size, status=DOC_INDEXING, chunk_count=0, meta={},
+        )
+        s.add(row)
+    return row
 
 
 def _kb(row: KnowledgeBaseRow, documents: int = 0, chunks: int = 0) -> KnowledgeBase:

@@ -60,19 +60,6 @@ class ChunkInfo:
 
 
 @dataclass(frozen=True)
-class NewChunk:
-    """A chunk to record for a document (the pipeline computes its deterministic id)."""
-
-    id: str
-    ordinal: int
-    text: str
-    start: int
-    end: int
-    page: int | None
-    token_count: int
-
-
-@dataclass(frozen=True)
 class Job:
     id: str
     kb_id: int | None
