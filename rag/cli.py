@@ -40,6 +40,7 @@ def _engine() -> RAG:
     import os
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the one-time GGUF conversion bar
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
