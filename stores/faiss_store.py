@@ -124,11 +124,7 @@ class FaissStore:
         with self._locked(write=True):
             doomed = {i for i in (ids or []) if i in self._id_to_row}
             if filter is not None:
-                doomed.update(
-                    rid
-                    for r, rid in enumerate(self._row_ids)
-                    if rid is not None and matches(filter, self._meta[r])
-                )
+                doomed.update(self._row_ids[r] or "" for r in self._live_rows(filter))
             if not doomed:
                 return 0
             self._log_offset = log.append(self._log_path, log.encode_delete(sorted(doomed)))
@@ -149,16 +145,12 @@ class FaissStore:
         with self._locked(write=False):
             if filter is None:
                 return self._live
-            return sum(
-                1
-                for r, rid in enumerate(self._row_ids)
-                if rid is not None and matches(filter, self._meta[r])
-            )
+            return len(self._live_rows(filter))
 
     def iter_records(self, batch_size: int = 1000) -> Iterator[list[Record]]:
         """Every live record, in batches (used to migrate a knowledge base between stores)."""
         with self._locked(write=False):
-            rows = [r for r, rid in enumerate(self._row_ids) if rid is not None]
+            rows = self._live_rows()
             snapshot = [
                 Record(self._row_ids[r] or "", self._vecs[r].copy(), self._texts[r],
                        dict(self._meta[r]))
@@ -270,6 +262,13 @@ class FaissStore:
             self._gpu_index = None
         self._maybe_upgrade_ivf()
 
+    def _live_rows(self, flt: Filter | None = None) -> list[int]:
+        """Rows of live records (matching ``flt`` when given), in row order."""
+        return [
+            r for r, rid in enumerate(self._row_ids)
+            if rid is not None and (flt is None or matches(flt, self._meta[r]))
+        ]
+
     def _apply_delete(self, ids: set[str]) -> None:
         for i in ids:
             r = self._id_to_row.pop(i, None)
@@ -300,8 +299,7 @@ class FaissStore:
                 quantizer = f.IndexFlatIP(self._dim)
                 index = f.IndexIVFFlat(quantizer, self._dim, self.params.nlist,
                                        f.METRIC_INNER_PRODUCT)
-                live = [r for r, rid in enumerate(self._row_ids) if rid is not None]
-                index.train(self._vecs[live])
+                index.train(self._vecs[self._live_rows()])
                 index.nprobe = self.params.nprobe
                 self._index_kind = "ivf"
             else:
@@ -317,11 +315,7 @@ class FaissStore:
         tombstones = self._nrows - self._live
         allowed: np.ndarray | None = None
         if flt is not None or tombstones:
-            allowed = np.fromiter(
-                (r for r, rid in enumerate(self._row_ids)
-                 if rid is not None and (flt is None or matches(flt, self._meta[r]))),
-                dtype=np.int64,
-            )
+            allowed = np.asarray(self._live_rows(flt), dtype=np.int64)
             if allowed.size == 0:
                 return [], []
             if allowed.size <= _EXACT_LIMIT:
@@ -372,7 +366,7 @@ class FaissStore:
             self._write_snapshot()
 
     def _compact(self) -> None:
-        live = [r for r, rid in enumerate(self._row_ids) if rid is not None]
+        live = self._live_rows()
         self._vecs = np.ascontiguousarray(self._vecs[live])
         self._row_ids = [self._row_ids[r] for r in live]
         self._texts = [self._texts[r] for r in live]
