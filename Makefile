@@ -40,13 +40,20 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[test,dev]"
 	touch $@
 
+# A real Milvus 2.3 standalone server for the store contract suite, in its own virtualenv
+# (the `milvus` package needs an old setuptools and marshmallow; pymilvus in .venv talks to it).
+MILVUS_SERVER := $(VENV)/milvus-server/bin/milvus-server
+$(MILVUS_SERVER): | $(BIN)/python
+	$(PYTHON) -m venv $(VENV)/milvus-server
+	$(VENV)/milvus-server/bin/pip install -q "milvus==2.3.5" "setuptools<70" "marshmallow<4"
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 run: install
 	$(BIN)/rag demo
 
-test: install-test
+test: install-test $(MILVUS_SERVER)
 	$(BIN)/ruff check .
 	$(BIN)/mypy rag ingest stores api
 	$(BIN)/pytest -q

@@ -1,13 +1,17 @@
 """Vector stores behind one protocol, opened from a URL.
 
 >>> store = open_store("faiss:///data/stores/kb1?index=hnsw&m=32")
+
+Schemes: ``faiss://`` (in process), ``milvus://`` (Milvus Lite file or server),
+``chroma://`` / ``chroma+http://`` (embedded or server), ``pinecone://`` (service or a
+compatible host).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from stores.base import (
     And,
@@ -24,6 +28,7 @@ from stores.base import (
     parse_filter,
 )
 from stores.errors import InvalidInput
+from stores.urls import StoreURL
 
 __all__ = [
     "And",
@@ -44,49 +49,22 @@ __all__ = [
 ]
 
 
-def _int_param(params: dict[str, str], name: str, default: int) -> int:
-    raw = params.pop(name, None)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInput(f"store URL parameter {name}={raw!r} must be an integer") from None
-    if value <= 0:
-        raise InvalidInput(f"store URL parameter {name} must be positive")
-    return value
-
-
 def url_path(url: str) -> Path:
     """The filesystem path of a file-backed store URL (``scheme:///abs`` or ``scheme://rel``)."""
-    parts = urlsplit(url)
-    return Path(parts.netloc + parts.path) if parts.netloc else Path(parts.path)
+    return StoreURL(url).file_path()
 
 
-def _open_faiss(url: str) -> VectorStore:
-    from stores.faiss_store import FaissParams, FaissStore
-
-    params = dict(parse_qsl(urlsplit(url).query))
-    fp = FaissParams(
-        index=params.pop("index", "hnsw").lower(),
-        m=_int_param(params, "m", 32),
-        ef_construction=_int_param(params, "ef_construction", 200),
-        ef_search=_int_param(params, "ef_search", 128),
-        nlist=_int_param(params, "nlist", 1024),
-        nprobe=_int_param(params, "nprobe", 16),
-        device=params.pop("device", "cpu").lower(),
-        dim=_int_param(params, "dim", 0) or None,
-    )
-    if params:
-        raise InvalidInput(f"unknown faiss URL parameters: {', '.join(sorted(params))}")
-    path = url_path(url)
-    if not str(path) or str(path) == ".":
-        raise InvalidInput(f"faiss URL needs a directory: {url!r}")
-    return FaissStore(path, fp)
-
-
-_REGISTRY: dict[str, Callable[[str], VectorStore]] = {
-    "faiss": _open_faiss,
+# scheme -> module with an ``open_url(url)`` function; imported only when a URL names it, so a
+# backend's SDK is loaded (or reported missing, with the extra to install) on first use.
+_REGISTRY: dict[str, str] = {
+    "faiss": "stores.faiss_store",
+    "milvus": "stores.milvus_store",
+    "milvus+http": "stores.milvus_store",
+    "milvus+https": "stores.milvus_store",
+    "chroma": "stores.chroma_store",
+    "chroma+http": "stores.chroma_store",
+    "chroma+https": "stores.chroma_store",
+    "pinecone": "stores.pinecone_store",
 }
 
 
@@ -109,4 +87,6 @@ def open_store(url: str) -> VectorStore:
             f"unknown vector store URL scheme {scheme!r} in {url!r}; "
             f"supported: {', '.join(supported_schemes())}"
         )
-    return opener(url)
+    module = importlib.import_module(opener)
+    store: VectorStore = module.open_url(url)
+    return store

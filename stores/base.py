@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 
-from stores.errors import InvalidInput
+from stores.errors import DimensionMismatch, InvalidInput
 
 Scalar: TypeAlias = str | int | float | bool
 Metadata: TypeAlias = dict[str, Any]
@@ -220,3 +220,37 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(arr, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return np.ascontiguousarray(arr / norms, dtype=np.float32)
+
+
+def prepare_upsert(records: Sequence[Record]) -> tuple[list[Record], np.ndarray]:
+    """Validate a batch for upsert: a repeated id keeps its last record; vectors normalized.
+
+    Every backend stores unit vectors and scores by inner product, so a score is the cosine
+    similarity whatever the engine's own metric is called.
+    """
+    latest = {r.id: r for r in records}
+    recs = list(latest.values())
+    for r in recs:
+        if not isinstance(r.id, str) or not r.id:
+            raise InvalidInput("record ids must be non-empty strings")
+    dims = {np.asarray(r.vector).size for r in recs}
+    if len(dims) > 1:
+        raise DimensionMismatch(f"one upsert mixes vector dimensions {sorted(dims)}")
+    vecs = normalize(np.stack([np.asarray(r.vector, dtype=np.float32).ravel() for r in recs]))
+    return recs, vecs
+
+
+def check_dimension(expected: int | None, got: int, where: str) -> None:
+    """Raise ``DimensionMismatch`` when a vector's dimension differs from the store's."""
+    if expected is not None and got != expected:
+        raise DimensionMismatch(
+            f"vector dimension {got} does not match the store's dimension {expected} "
+            f"({where}); use a store made for this embedding model"
+        )
+
+
+def query_vector(vector: np.ndarray, k: int) -> np.ndarray:
+    """Validate ``k`` and return the query as one normalized float32 row."""
+    if k <= 0:
+        raise InvalidInput("k must be positive")
+    return normalize(np.asarray(vector, dtype=np.float32).ravel())[0]

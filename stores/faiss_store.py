@@ -22,8 +22,17 @@ from typing import Any
 import numpy as np
 
 from stores import faiss_log as log
-from stores.base import Filter, Hit, Record, matches, normalize
-from stores.errors import DimensionMismatch, InvalidInput, MissingDependency, StoreUnavailable
+from stores.base import (
+    Filter,
+    Hit,
+    Record,
+    check_dimension,
+    matches,
+    prepare_upsert,
+    query_vector,
+)
+from stores.errors import InvalidInput, MissingDependency, StoreUnavailable
+from stores.urls import StoreURL
 
 _EXACT_LIMIT = 4096  # at most this many allowed rows: score them exactly instead of the ANN index
 _MIN_LOG_BYTES = 4 << 20
@@ -41,6 +50,27 @@ class FaissParams:
     nprobe: int = 16
     device: str = "cpu"
     dim: int | None = None
+
+
+def open_url(url: str) -> FaissStore:
+    """Open ``faiss:///dir?index=hnsw|ivf|flat&m=&ef_construction=&ef_search=&nlist=&nprobe=
+    &device=cpu|gpu``."""
+    u = StoreURL(url)
+    params = FaissParams(
+        index=u.str_param("index", "hnsw").lower(),
+        m=u.int_param("m", 32),
+        ef_construction=u.int_param("ef_construction", 200),
+        ef_search=u.int_param("ef_search", 128),
+        nlist=u.int_param("nlist", 1024),
+        nprobe=u.int_param("nprobe", 16),
+        device=u.str_param("device", "cpu").lower(),
+        dim=u.optional_int_param("dim"),
+    )
+    u.finish()
+    path = u.file_path()
+    if not str(path) or str(path) == ".":
+        raise InvalidInput(f"faiss URL needs a directory: {url!r}")
+    return FaissStore(path, params)
 
 
 def _faiss() -> Any:
@@ -87,12 +117,7 @@ class FaissStore:
     def upsert(self, records: Sequence[Record]) -> None:
         if not records:
             return
-        latest = {r.id: r for r in records}  # a repeated id in one batch: the last one wins
-        recs = list(latest.values())
-        vecs = normalize(np.stack([np.asarray(r.vector, dtype=np.float32).ravel() for r in recs]))
-        for r in recs:
-            if not r.id:
-                raise InvalidInput("record ids must be non-empty strings")
+        recs, vecs = prepare_upsert(records)
         with self._locked(write=True):
             self._check_dim(vecs.shape[1])
             ids = [r.id for r in recs]
@@ -105,9 +130,7 @@ class FaissStore:
             self._maybe_snapshot()
 
     def query(self, vector: np.ndarray, k: int, filter: Filter | None = None) -> list[Hit]:
-        if k <= 0:
-            raise InvalidInput("k must be positive")
-        q = normalize(np.asarray(vector, dtype=np.float32).ravel())
+        q = query_vector(vector, k)[None, :]
         with self._locked(write=False):
             if self._live == 0:
                 return []
@@ -233,11 +256,8 @@ class FaissStore:
         if self._dim is None:
             self._dim = dim
             self._vecs = np.zeros((0, dim), dtype=np.float32)
-        elif dim != self._dim:
-            raise DimensionMismatch(
-                f"vector dimension {dim} does not match the store's dimension {self._dim} "
-                f"({self.path}); use a store made for this embedding model"
-            )
+        else:
+            check_dimension(self._dim, dim, str(self.path))
 
     def _apply_upsert(
         self, ids: list[str], texts: list[str], metas: list[dict[str, Any]], vecs: np.ndarray
