@@ -116,6 +116,31 @@ def kb_delete(name: str, yes: Annotated[bool, typer.Option("--yes", "-y")] = Fal
     out.print(f"deleted knowledge base {name}")
 
 
+@kb_app.command("migrate")
+def kb_migrate(
+    kb: Annotated[str, typer.Option("--kb", help="knowledge base to move")],
+    to: Annotated[str, typer.Option("--to", help="URL of the (empty) store to move it to")],
+    drop_source: Annotated[bool, typer.Option(help="delete the old store's vectors after")]
+    = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move a knowledge base's vectors to another store (no re-embedding), verify, switch."""
+    rag = _run(_engine)
+    with Progress(TextColumn("copying vectors"), BarColumn(), MofNCompleteColumn(),
+                  console=err, transient=True, disable=as_json) as bar:
+        task = bar.add_task("copy", total=None)
+        report = _run(lambda: rag.migrate_kb(
+            kb, to, drop_source, progress=lambda done, total: bar.update(
+                task, completed=done, total=total)))
+    if as_json:
+        _print_json(report)
+        return
+    out.print(f"moved [bold]{report.copied}[/bold] vectors of {report.kb} to {report.to_url} "
+              f"in {report.seconds:.1f}s (counts and a sample of records verified)")
+    if not report.source_dropped:
+        out.print(f"the old store is untouched: {report.from_url}")
+
+
 @app.command()
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="files and folders (recursive)")],

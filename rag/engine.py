@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 import time
@@ -23,10 +24,20 @@ from rag.prompts import build_messages, fit_passages, no_answer_text
 from rag.retrieval import Mode, Retriever
 from rag.settings import Settings
 from rag.types import Answer, Passage, SearchResult, Timings, Usage
-from stores import open_store, url_path
-from stores.base import Filter
-from stores.errors import InvalidInput, NotFound
+from stores import migrate, open_store, url_path
+from stores.base import Filter, VectorStore
+from stores.errors import Conflict, InvalidInput, NotFound
 from stores.keyword import KeywordIndex
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    kb: str
+    from_url: str
+    to_url: str
+    copied: int
+    source_dropped: bool
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -93,16 +104,68 @@ class RAG:
         """Delete a knowledge base: its vectors, its keyword index, then its catalog rows."""
         kb = self.catalog.get_kb(name)
         indexes = self.indexes(kb)
-        indexes.vectors.drop()
+        self._drop_vectors(kb.store_url, indexes.vectors)
         indexes.keywords.drop()
         with self._lock:
             self._indexes.pop(name, None)
         indexes.vectors.close()
         indexes.keywords.close()
         self._keyword_path(kb).unlink(missing_ok=True)
-        if kb.store_url.startswith("faiss:"):
-            shutil.rmtree(url_path(kb.store_url), ignore_errors=True)
         self.catalog.delete_kb(name)
+
+    def migrate_kb(self, name: str, to_url: str, drop_source: bool = False,
+                   progress: Callable[[int, int], None] | None = None) -> MigrationReport:
+        """Copy a knowledge base's vectors to another store (no re-embedding), verify the
+        copy, then switch the knowledge base to it.
+
+        Nothing changes unless every step succeeds: on failure the half-written target is
+        dropped and the knowledge base keeps its store. The old store is kept (and can be
+        opened again by its URL) unless ``drop_source`` is set.
+        """
+        kb = self.catalog.get_kb(name)
+        if to_url == kb.store_url:
+            raise InvalidInput(f"knowledge base {name!r} already uses {to_url}")
+        started = time.perf_counter()
+        with self._lock:  # queries and ingestion in this process wait for the switch
+            indexes = self.indexes(kb)
+            source = indexes.vectors
+            ids = self.catalog.kb_chunk_ids(kb.id)
+            held = source.count()
+            if held != len(ids):
+                raise Conflict(
+                    f"the store of {name!r} holds {held} vectors but the catalog records "
+                    f"{len(ids)} chunks; let running ingestion finish, then retry"
+                )
+            target = open_store(to_url)
+            try:
+                migrate.check_target(target, kb.embedding_dim, to_url)
+            except BaseException:
+                target.close()
+                raise
+            try:
+                copied = migrate.copy_records(source, target, ids, progress=progress)
+                migrate.verify_copy(source, target, ids)
+                if source.count() != held:
+                    raise Conflict(f"{name!r} changed during the migration; retry it")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    target.drop()
+                target.close()
+                raise
+            self.catalog.update_kb(name, store_url=to_url)
+            self._indexes[name] = Indexes(target, indexes.keywords)
+            if drop_source:
+                self._drop_vectors(kb.store_url, source)
+            source.close()
+        return MigrationReport(name, kb.store_url, to_url, copied, drop_source,
+                               time.perf_counter() - started)
+
+    @staticmethod
+    def _drop_vectors(url: str, store: VectorStore) -> None:
+        store.drop()
+        if url.startswith("faiss:"):
+            store.close()
+            shutil.rmtree(url_path(url), ignore_errors=True)
 
     def _keyword_path(self, kb: KnowledgeBase) -> Path:
         return self.data_dir / "keyword" / f"{kb.name}.sqlite"

@@ -9,6 +9,8 @@ from rag.engine import RAG
 from rag.settings import Settings
 from tests.helpers import ExtractiveGenerator, HashEmbedder
 
+pytest_plugins = ["tests.store_servers"]
+
 SAMPLES = Path(__file__).resolve().parent.parent / "rag" / "samples"
 
 

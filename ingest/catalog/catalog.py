@@ -273,6 +273,13 @@ class Catalog:
         with self._session() as s:
             return list(s.scalars(select(ChunkRow.id).where(ChunkRow.document_id == doc_id)))
 
+    def kb_chunk_ids(self, kb_id: int) -> list[str]:
+        """Every chunk id the catalog records for a knowledge base, sorted."""
+        with self._session() as s:
+            q = (select(ChunkRow.id).join(DocumentRow, ChunkRow.document_id == DocumentRow.id)
+                 .where(DocumentRow.kb_id == kb_id).order_by(ChunkRow.id))
+            return list(s.scalars(q))
+
     def list_chunks(self, doc_id: str, offset: int = 0, limit: int = 1000) -> list[ChunkInfo]:
         with self._session() as s:
             q = (select(ChunkRow).where(ChunkRow.document_id == doc_id)

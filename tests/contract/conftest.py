@@ -9,7 +9,6 @@ through the real SDK against ``tests/pinecone_emulator.py``.
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,14 +18,8 @@ import pytest
 
 from stores import VectorStore, open_store
 from stores.errors import StoreUnavailable
-from tests.servers import REPO, free_port, python, serve
 
 DIM = 8
-PINECONE_KEY = "contract-test-key"
-MILVUS_SERVER_BIN = Path(
-    os.environ.get("RAG_TEST_MILVUS_SERVER", REPO / ".venv" / "milvus-server" / "bin"
-                   / "milvus-server")
-)
 
 
 @dataclass
@@ -43,58 +36,6 @@ class StoreCase:
         store = open_store(self.url)
         self.opened.append(store)
         return store
-
-
-@pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if not MILVUS_SERVER_BIN.exists():
-        pytest.skip(f"Milvus server not installed at {MILVUS_SERVER_BIN}: `make test` builds it "
-                    "(pip install milvus==2.3.5 in its own virtualenv)")
-    from pymilvus import MilvusClient
-
-    port = free_port()
-    data = tmp_path_factory.mktemp("milvus-server")
-
-    def ready() -> bool:
-        try:
-            MilvusClient(uri=f"http://127.0.0.1:{port}", timeout=2).close()
-            return True
-        except Exception:
-            return False
-
-    with serve("milvus-server", [str(MILVUS_SERVER_BIN), "--data", str(data),
-                                 "--proxy-port", str(port)], port, data, ready=ready,
-               timeout=180):
-        yield f"127.0.0.1:{port}"
-
-
-@pytest.fixture(scope="session")
-def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import httpx
-
-    chroma = Path(python()).parent / "chroma"
-    port = free_port()
-    data = tmp_path_factory.mktemp("chroma-server")
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1).is_success
-        except httpx.HTTPError:
-            return False
-
-    with serve("chroma-server", [str(chroma), "run", "--host", "127.0.0.1", "--port", str(port),
-                                 "--path", str(data / "db")], port, data, ready=ready):
-        yield f"127.0.0.1:{port}"
-
-
-@pytest.fixture(scope="session")
-def pinecone_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    logs = tmp_path_factory.mktemp("pinecone")
-    with serve("pinecone-emulator", [python(), "-m", "tests.pinecone_emulator", "--port",
-                                     str(port), "--dimension", str(DIM), "--api-key",
-                                     PINECONE_KEY], port, logs, env={"PYTHONPATH": str(REPO)}):
-        yield f"http://127.0.0.1:{port}"
 
 
 BACKENDS = ["faiss-hnsw", "faiss-ivf", "faiss-flat", "milvus-lite", "milvus-server",
@@ -120,16 +61,10 @@ def _case(backend: str, request: pytest.FixtureRequest, tmp: Path) -> StoreCase:
         host = request.getfixturevalue("chroma_server")
         return StoreCase(backend, f"chroma+http://{host}?collection={name}", server=True)
     if backend == "pinecone":
-        host = request.getfixturevalue("pinecone_emulator")
-        os.environ["PINECONE_API_KEY"] = PINECONE_KEY
+        host = request.getfixturevalue("pinecone_emulators").host(DIM)
         return StoreCase(backend, f"pinecone://contract?host={host}&namespace={name}",
                          server=True)
     raise AssertionError(backend)
-
-
-@pytest.fixture(scope="session")
-def milvus_lite_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("milvus-lite") / "contract.db"
 
 
 @pytest.fixture(params=BACKENDS)
