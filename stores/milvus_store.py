@@ -2,12 +2,16 @@
 
 One collection per knowledge base with four fields: ``id`` (VARCHAR primary key), ``vector``
 (FLOAT_VECTOR), ``text`` (VARCHAR) and ``metadata`` (JSON). Vectors are normalized and
-indexed with the ``IP`` metric, so scores are cosine similarities. The collection uses
-``Strong`` consistency: a write is visible to the next read, which the pipeline relies on.
+indexed with the ``IP`` metric, so scores are cosine similarities. Reads see this store's
+own writes (the pipeline relies on it): the first read after a write is ``Strong``, later
+ones ``Bounded`` (writes of other processes show within Milvus's staleness bound, seconds).
 
 URL parameters: ``collection`` (default ``rag``), ``index`` (IVF_FLAT, IVF_SQ8, HNSW, FLAT;
 default IVF_FLAT), ``nlist``, ``nprobe`` (IVF), ``m``, ``ef_construction``, ``ef`` (HNSW),
-``timeout`` (seconds per call, default 10). A server's token is read from ``MILVUS_TOKEN``.
+``timeout`` (seconds per call, default 10), ``write_timeout`` (seconds per write, which
+may wait for a segment to be sealed and indexed; default 300), ``consistency`` (auto,
+strong, bounded, session, eventually; default auto, as above). A server's token is read
+from ``MILVUS_TOKEN``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +47,7 @@ from stores.urls import StoreURL
 
 _INDEXES = ("IVF_FLAT", "IVF_SQ8", "HNSW", "FLAT")
 _FIELDS = ("id", "vector", "text", "metadata")
+_CONSISTENCY = ("auto", "strong", "bounded", "session", "eventually")
 _MAX_TEXT_BYTES = 65535
 _MAX_ID = 512
 _PAGE = 16384  # Milvus's largest query/search window
@@ -57,6 +63,8 @@ class MilvusParams:
     ef_construction: int = 200
     ef: int = 64
     timeout: float = 10.0
+    write_timeout: float = 300.0
+    consistency: str = "auto"
 
 
 def open_url(url: str) -> MilvusStore:
@@ -69,6 +77,8 @@ def open_url(url: str) -> MilvusStore:
         ef_construction=u.int_param("ef_construction", 200),
         ef=u.int_param("ef", 64),
         timeout=u.float_param("timeout", 10.0),
+        write_timeout=u.float_param("write_timeout", 300.0),
+        consistency=u.str_param("consistency", "auto").lower(),
     )
     collection = collection_name(u.str_param("collection", "rag"))
     u.finish()
@@ -111,10 +121,13 @@ class MilvusStore:
     def __init__(self, uri: str, collection: str, params: MilvusParams, token: str = "") -> None:
         if params.index not in _INDEXES:
             raise InvalidInput(f"milvus index must be one of {', '.join(_INDEXES)}")
+        if params.consistency not in _CONSISTENCY:
+            raise InvalidInput(f"milvus consistency must be one of {', '.join(_CONSISTENCY)}")
         self._pm = _pymilvus()
         self.uri, self.collection, self.params = uri, collection, params
         self._where = f"Milvus collection {collection!r} at {uri}"
         self._dim: int | None = None
+        self._writes, self._synced = 1, 0  # a new handle's first read is Strong
         with self._calls("connect to"):
             self._client = self._pm.MilvusClient(uri=uri, token=token, timeout=params.timeout)
             if self._client.has_collection(collection, timeout=params.timeout):
@@ -136,7 +149,9 @@ class MilvusStore:
             if self._dim is None:
                 self._create(vecs.shape[1])
             for batch in _batches(rows, vecs.shape[1]):
-                self._client.upsert(self.collection, batch, timeout=self.params.timeout)
+                self._client.upsert(self.collection, batch,
+                                    timeout=self.params.write_timeout)
+                self._writes += 1
 
     def query(self, vector: np.ndarray, k: int, filter: Filter | None = None) -> list[Hit]:
         q = query_vector(vector, k)
@@ -148,11 +163,10 @@ class MilvusStore:
         if p.index == "HNSW":
             search_params = {"ef": max(p.ef, k)}
         with self._calls("search"):
-            result = self._client.search(
-                self.collection, data=[q.tolist()], limit=min(k, _PAGE),
+            result = self._read(
+                "search", data=[q.tolist()], limit=min(k, _PAGE),
                 filter=to_expr(filter), output_fields=["text", "metadata"],
                 search_params={"metric_type": "IP", "params": search_params},
-                timeout=p.timeout,
             )
         return [
             Hit(str(h["id"]), float(h["distance"]), h["entity"]["text"],
@@ -166,7 +180,7 @@ class MilvusStore:
         if self._dim is None:
             return 0
         doomed: set[str] = set()
-        timeout = self.params.timeout
+        timeout = self.params.write_timeout
         with self._calls("delete from"):
             if ids:
                 doomed.update(r.id for r in self.get(list(ids), with_vectors=False))
@@ -174,14 +188,15 @@ class MilvusStore:
                 for start in range(0, len(ordered), _PAGE):
                     part = ordered[start : start + _PAGE]
                     self._client.delete(self.collection, ids=part, timeout=timeout)
+                    self._writes += 1
             if filter is not None:
                 expr = to_expr(filter)
                 while True:  # one window of matching ids at a time (offset is capped too)
-                    rows = self._client.query(self.collection, filter=expr,
-                                              output_fields=["id"], limit=_PAGE, timeout=timeout)
+                    rows = self._read("query", filter=expr, output_fields=["id"], limit=_PAGE)
                     part = [str(r["id"]) for r in rows]
                     if part:
                         self._client.delete(self.collection, ids=part, timeout=timeout)
+                        self._writes += 1
                     doomed.update(part)
                     if len(part) < _PAGE:
                         break
@@ -195,10 +210,8 @@ class MilvusStore:
         with self._calls("read from"):
             unique = list(dict.fromkeys(ids))
             for start in range(0, len(unique), _PAGE):
-                rows = self._client.get(
-                    self.collection, ids=unique[start : start + _PAGE], output_fields=fields,
-                    timeout=self.params.timeout,
-                )
+                rows = self._read("get", ids=unique[start : start + _PAGE],
+                                  output_fields=fields)
                 for row in rows:
                     vec = np.asarray(row.get("vector", []), dtype=np.float32)
                     found[row["id"]] = Record(row["id"], vec, row["text"],
@@ -209,10 +222,7 @@ class MilvusStore:
         if self._dim is None:
             return 0
         with self._calls("count in"):
-            rows = self._client.query(
-                self.collection, filter=to_expr(filter), output_fields=["count(*)"],
-                timeout=self.params.timeout,
-            )
+            rows = self._read("query", filter=to_expr(filter), output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
 
     def drop(self) -> None:
@@ -225,6 +235,24 @@ class MilvusStore:
         with contextlib.suppress(Exception):
             self._client.close()
 
+    def wait_indexed(self, timeout: float = 600.0) -> None:
+        """Seal what was written and wait until the index covers every row (after a bulk
+        load: until then Milvus answers from unindexed segments by brute force)."""
+        if self._dim is None:
+            return
+        deadline = time.monotonic() + timeout
+        with self._calls("index"):
+            self._client.flush(self.collection, timeout=self.params.write_timeout)
+            while True:
+                info = self._client.describe_index(self.collection, "vector",
+                                                   timeout=self.params.timeout)
+                if int(info.get("pending_index_rows", 0)) == 0 and (
+                        int(info.get("indexed_rows", 0)) >= int(info.get("total_rows", 0))):
+                    return
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(f"{self._where}: index not built after {timeout}s")
+                time.sleep(0.5)
+
     # -- helpers --------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -236,6 +264,22 @@ class MilvusStore:
             raise
         except Exception as exc:  # MilvusException, grpc errors, lite start failures
             raise StoreUnavailable(f"cannot {what} {self._where}: {exc}") from exc
+
+    def _read(self, method: str, **kwargs: Any) -> Any:
+        """A read at the consistency it needs: ``Strong`` when this store has written since
+        its last strong read (and on its first read), ``Bounded`` otherwise. Our own writes
+        are always visible, and steady-state searches do not wait for the next time tick
+        (a Strong search costs about 300 ms on a Milvus 2.3 server)."""
+        level = self.params.consistency
+        seen = self._writes
+        if level == "auto":
+            level = "Strong" if seen != self._synced else "Bounded"
+        result = getattr(self._client, method)(
+            self.collection, consistency_level=level.capitalize(),
+            timeout=self.params.timeout, **kwargs)
+        if level == "Strong":
+            self._synced = max(self._synced, seen)
+        return result
 
     def _adopt(self) -> None:
         """Take an existing collection: check it has our schema and load it for search."""

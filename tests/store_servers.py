@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import REPO, free_port, python, serve
+from tests.servers import REPO, free_port, port_open, python, serve
 
 PINECONE_KEY = "test-pinecone-key"
+# The user's own key, read before the emulator fixtures point PINECONE_API_KEY at the emulator.
+REAL_PINECONE_KEY = os.environ.get("PINECONE_API_KEY", "")
 MILVUS_SERVER_BIN = Path(
     os.environ.get("RAG_TEST_MILVUS_SERVER", REPO / ".venv" / "milvus-server" / "bin"
                    / "milvus-server")
@@ -28,6 +30,10 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     "(pip install milvus==2.3.5 in its own virtualenv)")
     from pymilvus import MilvusClient
 
+    busy = [p for p in (2379, 2380) if port_open(p)]
+    if busy:  # the embedded etcd of milvus 2.3 listens on fixed ports
+        raise RuntimeError(f"port(s) {busy} in use: another Milvus or etcd is running here; "
+                           "stop it to run the Milvus server tests")
     port = free_port()
     data = tmp_path_factory.mktemp("milvus-server")
 
