@@ -23,6 +23,8 @@ app = typer.Typer(help="Ingest documents, ask questions, get cited answers.", no
 kb_app = typer.Typer(help="Knowledge bases.", no_args_is_help=True)
 docs_app = typer.Typer(help="Documents of a knowledge base.", no_args_is_help=True)
 config_app = typer.Typer(help="Settings.", no_args_is_help=True)
+generators_app = typer.Typer(help="The answer-generating model.", no_args_is_help=True)
+app.add_typer(generators_app, name="generators")
 app.add_typer(kb_app, name="kb")
 app.add_typer(docs_app, name="docs")
 app.add_typer(config_app, name="config")
@@ -37,6 +39,11 @@ DEMO_QUESTION = "How much is an adult ticket at the observatory?"
 
 
 def _engine() -> RAG:
+    _engine_env()
+    return RAG.from_settings(Settings())
+
+
+def _engine_env() -> None:
     import os
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -45,7 +52,6 @@ def _engine() -> RAG:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    return RAG.from_settings(Settings())
 
 
 def _plain(value: Any) -> Any:
@@ -76,6 +82,44 @@ def _run(fn: Any) -> Any:
 def config_show(as_json: JsonOpt = True) -> None:
     """Print the effective settings, secrets masked."""
     _print_json(Settings().masked())
+
+
+@generators_app.command("check")
+def generators_check(
+    max_tokens: Annotated[int, typer.Option(help="tokens to generate")] = 32,
+    as_json: JsonOpt = False,
+) -> None:
+    """Load the configured generator, generate a few tokens, report the speed."""
+    import time as _time
+
+    from rag.generation import make_generator
+    from rag.generation.base import GenerationParams, Message
+
+    _engine_env()
+    settings = Settings()
+    gen = _run(lambda: make_generator(settings.generator, settings.resolved_data_dir / "models"))
+    started = _time.perf_counter()
+    warm = getattr(gen, "warm_up", None)
+    if warm is not None:
+        _run(warm)
+    loaded = _time.perf_counter() - started
+    messages = [Message("user", "Name three colours of the rainbow.")]
+    done = _run(lambda: gen.generate(messages, GenerationParams(max_tokens=max_tokens)))
+    report = {
+        "backend": settings.generator.backend, "model": gen.model_id,
+        "load_seconds": round(loaded, 2),
+        "time_to_first_token_ms": round(done.time_to_first_token * 1000, 1),
+        "tokens_per_second": round(done.tokens_per_second, 1),
+        "prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
+        "text": done.text,
+    }
+    if as_json:
+        _print_json(report)
+        return
+    out.print(f"[bold]{report['backend']}[/bold] {report['model']}: loaded in "
+              f"{loaded:.1f}s, first token {report['time_to_first_token_ms']} ms, "
+              f"{report['tokens_per_second']} tokens/s ({done.completion_tokens} tokens)")
+    out.print(f"  {done.text.strip()[:200]}")
 
 
 @kb_app.command("create")

@@ -218,3 +218,30 @@ def test_openai_circuit_breaker_fails_fast(tmp_path: Path) -> None:
         gen.generate(ASK, GREEDY)
     assert time.perf_counter() - started < 0.1
     assert collect  # imported for the stream tests above
+
+
+def test_cli_generators_check(server: str, tiny_model: Path, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from rag.cli import app
+
+    monkeypatch.setenv("RAG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("RAG_GENERATOR__MODEL", str(tiny_model))
+    r = CliRunner().invoke(app, ["generators", "check", "--max-tokens", "8", "--json"])
+    assert r.exit_code == 0, r.output
+    local = json.loads(r.stdout)
+    assert local["backend"] == "transformers" and local["completion_tokens"] > 0
+    monkeypatch.setenv("RAG_GENERATOR__BACKEND", "openai")
+    monkeypatch.setenv("RAG_GENERATOR__MODEL", "tiny-llama")
+    monkeypatch.setenv("RAG_GENERATOR__OPENAI__BASE_URL", server)
+    r = CliRunner().invoke(app, ["generators", "check", "--max-tokens", "8", "--json"])
+    assert r.exit_code == 0, r.output
+    remote = json.loads(r.stdout)
+    assert remote["text"] == local["text"] and remote["tokens_per_second"] > 0
+    monkeypatch.setenv("RAG_GENERATOR__OPENAI__BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
+    monkeypatch.setenv("RAG_GENERATOR__OPENAI__MAX_RETRIES", "0")
+    r = CliRunner().invoke(app, ["generators", "check"])
+    assert r.exit_code == 2 and "ModelUnavailable" in r.stderr and "cannot list models" in r.stderr
