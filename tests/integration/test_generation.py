@@ -245,3 +245,19 @@ def test_cli_generators_check(server: str, tiny_model: Path, tmp_path: Path,
     monkeypatch.setenv("RAG_GENERATOR__OPENAI__MAX_RETRIES", "0")
     r = CliRunner().invoke(app, ["generators", "check"])
     assert r.exit_code == 2 and "ModelUnavailable" in r.stderr and "cannot list models" in r.stderr
+
+
+def test_prompt_budget_drops_lowest_ranked_passages_first(tiny: TransformersGenerator) -> None:
+    from rag.prompts import SYSTEM_ZH, build_messages, fit_passages
+    from rag.types import Passage
+
+    passages = [Passage(f"c{i}", "d", "doc.md", f"Passage number {i}. " * 12, 0, 10, None,
+                        1.0 - i / 10, None, None) for i in range(8)]
+    budget = 260
+    kept = fit_passages("What is it?", passages, tiny.count_tokens, budget)
+    assert 0 < len(kept) < len(passages) and kept == passages[: len(kept)]
+    assert tiny.count_tokens(build_messages("What is it?", kept)) <= budget
+    more = passages[: len(kept) + 1]
+    assert tiny.count_tokens(build_messages("What is it?", more)) > budget
+    zh = build_messages("年假可以顺延吗？", kept)
+    assert zh[0].content == SYSTEM_ZH and "用提问所用的语言回答" in SYSTEM_ZH
