@@ -1,1 +1,5 @@
-"""The FastAPI service (upload API, jobs, answers, OpenAI-compatible endpoint). See issue 5."""
+"""The HTTP service: FastAPI over the ``RAG`` engine (``rag serve``)."""
+
+from api.app import create_app
+
+__all__ = ["create_app"]

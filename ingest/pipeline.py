@@ -136,12 +136,15 @@ class IngestPipeline:
         paths: Iterable[Path],
         on_file: Callable[[FileResult], None] | None = None,
         sources: dict[Path, str] | None = None,
+        job_id: str | None = None,
     ) -> IngestReport:
         """Ingest files and folders; a bad file is reported and the others go on.
 
         Args:
             sources: optional stable source names per path (the API passes upload names);
                 by default a file's source is its resolved absolute path.
+            job_id: a job created beforehand (the API returns it before ingestion starts);
+                by default a new one is recorded.
         """
         if self.embedder.dim != kb.embedding_dim:
             raise DimensionMismatch(
@@ -150,7 +153,10 @@ class IngestPipeline:
                 "vectors; configure the same model or create a new knowledge base"
             )
         files = list(expand_paths(paths))
-        job = self.catalog.create_job("ingest", kb.id, len(files))
+        if job_id is None:
+            job = self.catalog.create_job("ingest", kb.id, len(files))
+        else:
+            job = self.catalog.start_job(job_id, len(files))
         report = IngestReport(job_id=job.id)
         chunker = self.chunker(kb)
 

@@ -84,6 +84,33 @@ def config_show(as_json: JsonOpt = True) -> None:
     _print_json(Settings().masked())
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(help="server processes")] = 1,
+) -> None:
+    """Run the HTTP service: API at /v1, docs at /docs, the chat page at /."""
+    import ipaddress
+
+    import uvicorn
+
+    settings = Settings()
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not settings.server.api_keys and not settings.server.allow_no_auth:
+        err.print(f"[red]refusing to serve {host} without API keys[/red]: set "
+                  "RAG_SERVER__API_KEYS='[\"a-long-secret\"]' (or "
+                  "RAG_SERVER__ALLOW_NO_AUTH=true to serve an open API on purpose)")
+        raise typer.Exit(code=2)
+    _engine_env()
+    out.print(f"serving on http://{host}:{port} (docs: http://{host}:{port}/docs)")
+    uvicorn.run("api.app:app_factory", factory=True, host=host, port=port, workers=workers,
+                log_level="info")
+
+
 @generators_app.command("check")
 def generators_check(
     max_tokens: Annotated[int, typer.Option(help="tokens to generate")] = 32,

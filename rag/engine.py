@@ -47,6 +47,7 @@ class AnswerDelta:
 
     text: str
     answer: Answer | None = None
+    passages: list[Passage] | None = None  # first, before any text: the numbered sources
 
 
 class RAG:
@@ -185,14 +186,20 @@ class RAG:
         paths: Iterable[str | Path],
         kb: str | None = None,
         on_file: Callable[[FileResult], None] | None = None,
+        sources: dict[Path, str] | None = None,
+        job_id: str | None = None,
     ) -> IngestReport:
-        """Ingest files and folders into a knowledge base, creating it when it does not exist."""
+        """Ingest files and folders into a knowledge base, creating it when it does not exist.
+
+        ``sources`` names files by a stable source (the API's upload names); ``job_id`` runs
+        the ingestion under a job created beforehand."""
         name = kb or self.settings.default_kb
         try:
             base = self.catalog.get_kb(name)
         except NotFound:
             base = self.create_kb(name)
-        return self.pipeline.ingest(base, self.indexes(base), [Path(p) for p in paths], on_file)
+        return self.pipeline.ingest(base, self.indexes(base), [Path(p) for p in paths], on_file,
+                                    sources, job_id)
 
     def list_documents(self, kb: str | None = None, status: str | None = None,
                        offset: int = 0, limit: int = 100) -> list[Document]:
@@ -250,6 +257,7 @@ class RAG:
         timings = found.timings
         if not found.passages:
             text = no_answer_text(question)
+            yield AnswerDelta("", passages=[])
             yield AnswerDelta(text)
             yield AnswerDelta("", Answer(question, text, [], [], timings, abstained=True,
                                          model=self.generator.model_id))
@@ -261,6 +269,7 @@ class RAG:
         if not passages:
             raise InvalidInput("the question alone does not fit the model's context window")
         messages = build_messages(question, passages, history)
+        yield AnswerDelta("", passages=passages)
         completion: Completion | None = None
         for delta in gen.stream(messages, p):
             if delta.text:

@@ -99,6 +99,27 @@ class GeneratorConfig(BaseModel):
     vllm: VLLMConfig = VLLMConfig()
 
 
+class ServerConfig(BaseModel):
+    """The HTTP service (``rag serve``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description='JSON list of keys; "key" opens every knowledge base, "key:kb1,kb2" only '
+        "those. Empty: no authentication (refused on a non-loopback host)")
+    allow_no_auth: bool = Field(False, description="serve a non-loopback host without keys")
+    ingest_workers: int = Field(1, ge=1, le=16, description="background ingestion threads")
+
+    def key_scopes(self) -> dict[str, set[str] | None]:
+        """Each key with the knowledge bases it may use (None: all)."""
+        scopes: dict[str, set[str] | None] = {}
+        for secret in self.api_keys:
+            key, _, kbs = secret.get_secret_value().partition(":")
+            scopes[key] = {k.strip() for k in kbs.split(",") if k.strip()} or None
+        return scopes
+
+
 class Settings(BaseSettings):
     """Everything configurable, composed from each layer's own model."""
 
@@ -117,6 +138,7 @@ class Settings(BaseSettings):
     ingest: IngestConfig = IngestConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     generator: GeneratorConfig = GeneratorConfig()
+    server: ServerConfig = ServerConfig()
 
     @property
     def resolved_data_dir(self) -> Path:

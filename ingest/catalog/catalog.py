@@ -311,10 +311,11 @@ class Catalog:
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    def create_job(self, kind: str, kb_id: int | None, files_total: int) -> Job:
+    def create_job(self, kind: str, kb_id: int | None, files_total: int,
+                   status: str = JOB_RUNNING) -> Job:
         with self._session() as s:
             row = JobRow(
-                id=uuid.uuid4().hex, kb_id=kb_id, kind=kind, status=JOB_RUNNING,
+                id=uuid.uuid4().hex, kb_id=kb_id, kind=kind, status=status,
                 files_total=files_total, files_done=0, files_skipped=0, files_failed=0,
                 chunks_written=0, errors=[],
             )
@@ -341,6 +342,23 @@ class Catalog:
                 row.status = status
             s.flush()
             return _job(row)
+
+    def start_job(self, job_id: str, files_total: int) -> Job:
+        """Mark a queued job running and (re)start its counters (a resumed job counts anew)."""
+        with self._session() as s:
+            row = s.get(JobRow, job_id)
+            if row is None:
+                raise NotFound(f"job {job_id!r} does not exist")
+            row.status, row.files_total = JOB_RUNNING, files_total
+            row.files_done = row.files_skipped = row.files_failed = row.chunks_written = 0
+            row.errors = []
+            s.flush()
+            return _job(row)
+
+    def jobs_in_status(self, statuses: Sequence[str]) -> list[Job]:
+        with self._session() as s:
+            rows = s.scalars(select(JobRow).where(JobRow.status.in_(list(statuses)))).all()
+            return [_job(r) for r in rows]
 
     def get_job(self, job_id: str) -> Job:
         with self._session() as s:

@@ -11,6 +11,7 @@ DOC_INDEXING = "indexing"
 DOC_INDEXED = "indexed"
 DOC_FAILED = "failed"
 
+JOB_QUEUED = "queued"
 JOB_RUNNING = "running"
 JOB_DONE = "done"
 JOB_FAILED = "failed"

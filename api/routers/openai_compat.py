@@ -1,0 +1,130 @@
+"""OpenAI-compatible: /v1/models (one model per knowledge base) and /v1/chat/completions.
+
+The last user message is the question, earlier user/assistant turns are the history. Each
+answer's citations travel in an extra ``citations`` field on the message (and on the final
+stream chunk), so OpenAI clients keep them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import CallerDep, RagDep
+from api.routers.query import observe
+from api.schemas import plain
+from rag.generation.aio import aiterate_in_thread
+from rag.generation.base import GenerationParams, Message
+from rag.types import Answer
+from stores.errors import InvalidInput, RagError
+
+router = APIRouter(prefix="/v1", tags=["openai-compatible"])
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # content parts: keep the text ones
+            return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+        return self.content or ""
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # OpenAI clients send fields we do not use
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    stream_options: dict[str, Any] | None = None
+
+
+@router.get("/models")
+def models(rag: RagDep, caller: CallerDep) -> dict[str, Any]:
+    return {"object": "list", "data": [
+        {"id": kb.name, "object": "model", "owned_by": "rag-platform",
+         "created": int(kb.created_at.timestamp()) if kb.created_at else 0}
+        for kb in rag.list_kbs() if caller.allows(kb.name)]}
+
+
+def _question(body: ChatRequest) -> tuple[str, list[Message]]:
+    turns = [m for m in body.messages if m.role in ("user", "assistant")]
+    if not turns or turns[-1].role != "user":
+        raise InvalidInput("the last message must be the user's question")
+    history = [Message(m.role, m.text()) for m in turns[:-1]]  # type: ignore[arg-type]
+    return turns[-1].text(), history
+
+
+def _usage(answer: Answer) -> dict[str, int]:
+    u = answer.usage
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "total_tokens": u.prompt_tokens + u.completion_tokens}
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(body: ChatRequest, rag: RagDep, caller: CallerDep,
+                           request: Request) -> dict[str, Any] | StreamingResponse:
+    caller.check_kb(body.model)
+    rag.get_kb(body.model)  # 404 names the unknown model (knowledge base)
+    question, history = _question(body)
+    g = rag.settings.generator
+    params = GenerationParams(
+        max_tokens=body.max_completion_tokens or body.max_tokens or g.max_tokens,
+        temperature=g.temperature if body.temperature is None else body.temperature,
+        top_p=g.top_p)
+    rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def run() -> Any:
+        return rag.ask_stream(question, body.model, history=history, params=params)
+
+    if not body.stream:
+        answer: Answer | None = None
+        async for delta in aiterate_in_thread(run):
+            answer = delta.answer or answer
+        assert answer is not None
+        observe(request, answer)
+        return {"id": rid, "object": "chat.completion", "created": created,
+                "model": body.model,
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                    "role": "assistant", "content": answer.text,
+                    "citations": plain(answer.citations)}}],
+                "usage": _usage(answer)}
+
+    include_usage = bool((body.stream_options or {}).get("include_usage"))
+
+    def chunk(delta: dict[str, Any], finish: str | None = None,
+              **extra: Any) -> str:
+        event = {"id": rid, "object": "chat.completion.chunk", "created": created,
+                 "model": body.model,
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        return f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+
+    async def events() -> AsyncIterator[str]:
+        yield chunk({"role": "assistant", "content": ""})
+        try:
+            async for delta in aiterate_in_thread(run):
+                if delta.answer is not None:
+                    observe(request, delta.answer)
+                    cites = plain(delta.answer.citations)
+                    yield chunk({"citations": cites}, "stop", citations=cites)
+                    if include_usage:
+                        yield (f"data: {json.dumps({'id': rid, 'object': 'chat.completion.chunk', 'created': created, 'model': body.model, 'choices': [], 'usage': _usage(delta.answer)})}\n\n")  # noqa: E501
+                elif delta.text:
+                    yield chunk({"content": delta.text})
+        except RagError as exc:
+            yield f"data: {json.dumps({'error': {'type': exc.type, 'message': exc.message}})}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
