@@ -265,9 +265,15 @@ def main() -> None:
                         "speed says nothing about the service",
             "command": "python -m bench.stores " + " ".join(
                 f"--{k} {v}" for k, v in vars(args).items() if k != "out")}
-    (args.out / "stores.json").write_text(json.dumps(
-        {"meta": meta, "results": [asdict(r) for r in results]}, indent=2))
-    plot(results, args.out / "stores.png")
+    target = args.out / "stores.json"  # merged by dataset: runs may cover different sets
+    previous = json.loads(target.read_text()) if target.exists() else {"results": []}
+    fresh = {r.dataset for r in results}
+    merged = [Result(**r) for r in previous["results"] if r["dataset"] not in fresh] + results
+    runs = [m for m in previous.get("runs", []) if set(m.get("datasets", [])) - fresh]
+    runs.append({**meta, "datasets": sorted(fresh)})
+    target.write_text(json.dumps({"runs": runs, "results": [asdict(r) for r in merged]},
+                                 indent=2))
+    plot(merged, args.out / "stores.png")
     print(f"wrote {args.out / 'stores.json'} and {args.out / 'stores.png'}")
 
 

@@ -91,8 +91,6 @@ class SentenceTransformerEmbedder:
                     f"cannot load embedding model {source or path}: {exc}. Set "
                     "RAG_EMBEDDING__MODEL to a local sentence-transformers folder when offline"
                 ) from exc
-            tok = self._model.tokenizer
-            tok.model_max_length = 10**9  # counting only: do not warn about long texts
 
     @property
     def model(self) -> Any:
@@ -132,4 +130,5 @@ class SentenceTransformerEmbedder:
         return np.asarray(vec[0], dtype=np.float32)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = self.model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        return len(ids)

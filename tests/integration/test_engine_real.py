@@ -86,3 +86,10 @@ def test_packaged_smollm2_answers_with_citation(real_rag: RAG) -> None:
 
 def test_settings_type_is_used(tmp_path: Path) -> None:
     assert isinstance(make_settings(tmp_path), Settings)
+
+
+def test_long_texts_are_truncated_not_fatal(real_embedder) -> None:  # type: ignore[no-untyped-def]
+    long = "observatory ticket " * 1500  # far past the model's 512 positions
+    assert real_embedder.count_tokens(long) > 2000
+    assert real_embedder.embed_documents([long, "short"]).shape == (2, real_embedder.dim)
+    assert real_embedder.embed_query(long).shape == (real_embedder.dim,)
