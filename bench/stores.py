@@ -146,6 +146,8 @@ def run_config(cfg: Config, name: str, x: np.ndarray, q: np.ndarray, truth: np.n
     if wait is not None:
         wait()
     build = time.perf_counter() - started
+    if wait is not None:  # Milvus: let segments settle, and reads leave the Strong window
+        time.sleep(15)
     store.close()
     results = []
     try:

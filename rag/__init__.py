@@ -9,6 +9,7 @@ The public Python API::
     print(answer.text, answer.citations)
 """
 
+from rag.client import AsyncClient, Client
 from rag.engine import RAG, AnswerDelta
 from rag.errors import RagError
 from rag.settings import Settings
@@ -18,7 +19,9 @@ __all__ = [
     "RAG",
     "Answer",
     "AnswerDelta",
+    "AsyncClient",
     "Citation",
+    "Client",
     "Passage",
     "RagError",
     "SearchResult",

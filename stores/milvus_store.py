@@ -3,14 +3,16 @@
 One collection per knowledge base with four fields: ``id`` (VARCHAR primary key), ``vector``
 (FLOAT_VECTOR), ``text`` (VARCHAR) and ``metadata`` (JSON). Vectors are normalized and
 indexed with the ``IP`` metric, so scores are cosine similarities. Reads see this store's
-own writes (the pipeline relies on it): the first read after a write is ``Strong``, later
-ones ``Bounded`` (writes of other processes show within Milvus's staleness bound, seconds).
+own writes (the pipeline relies on it): reads within ``fresh_s`` seconds of a write are
+``Strong``, later ones ``Bounded`` (writes of other processes show within Milvus's staleness
+bound, about 5 s).
 
 URL parameters: ``collection`` (default ``rag``), ``index`` (IVF_FLAT, IVF_SQ8, HNSW, FLAT;
 default IVF_FLAT), ``nlist``, ``nprobe`` (IVF), ``m``, ``ef_construction``, ``ef`` (HNSW),
 ``timeout`` (seconds per call, default 10), ``write_timeout`` (seconds per write, which
 may wait for a segment to be sealed and indexed; default 300), ``consistency`` (auto,
-strong, bounded, session, eventually; default auto, as above). A server's token is read
+strong, bounded, session, eventually; default auto, as above), ``fresh_s`` (default 10).
+A server's token is read
 from ``MILVUS_TOKEN``.
 """
 
@@ -65,6 +67,7 @@ class MilvusParams:
     timeout: float = 10.0
     write_timeout: float = 300.0
     consistency: str = "auto"
+    fresh_s: float = 10.0
 
 
 def open_url(url: str) -> MilvusStore:
@@ -79,6 +82,7 @@ def open_url(url: str) -> MilvusStore:
         timeout=u.float_param("timeout", 10.0),
         write_timeout=u.float_param("write_timeout", 300.0),
         consistency=u.str_param("consistency", "auto").lower(),
+        fresh_s=u.float_param("fresh_s", 10.0),
     )
     collection = collection_name(u.str_param("collection", "rag"))
     u.finish()
@@ -127,7 +131,7 @@ class MilvusStore:
         self.uri, self.collection, self.params = uri, collection, params
         self._where = f"Milvus collection {collection!r} at {uri}"
         self._dim: int | None = None
-        self._writes, self._synced = 1, 0  # a new handle's first read is Strong
+        self._last_write = time.monotonic()  # a new handle reads Strong for a while, too
         with self._calls("connect to"):
             self._client = self._pm.MilvusClient(uri=uri, token=token, timeout=params.timeout)
             if self._client.has_collection(collection, timeout=params.timeout):
@@ -151,7 +155,7 @@ class MilvusStore:
             for batch in _batches(rows, vecs.shape[1]):
                 self._client.upsert(self.collection, batch,
                                     timeout=self.params.write_timeout)
-                self._writes += 1
+                self._last_write = time.monotonic()
 
     def query(self, vector: np.ndarray, k: int, filter: Filter | None = None) -> list[Hit]:
         q = query_vector(vector, k)
@@ -188,7 +192,7 @@ class MilvusStore:
                 for start in range(0, len(ordered), _PAGE):
                     part = ordered[start : start + _PAGE]
                     self._client.delete(self.collection, ids=part, timeout=timeout)
-                    self._writes += 1
+                    self._last_write = time.monotonic()
             if filter is not None:
                 expr = to_expr(filter)
                 while True:  # one window of matching ids at a time (offset is capped too)
@@ -196,7 +200,7 @@ class MilvusStore:
                     part = [str(r["id"]) for r in rows]
                     if part:
                         self._client.delete(self.collection, ids=part, timeout=timeout)
-                        self._writes += 1
+                        self._last_write = time.monotonic()
                     doomed.update(part)
                     if len(part) < _PAGE:
                         break
@@ -266,20 +270,18 @@ class MilvusStore:
             raise StoreUnavailable(f"cannot {what} {self._where}: {exc}") from exc
 
     def _read(self, method: str, **kwargs: Any) -> Any:
-        """A read at the consistency it needs: ``Strong`` when this store has written since
-        its last strong read (and on its first read), ``Bounded`` otherwise. Our own writes
-        are always visible, and steady-state searches do not wait for the next time tick
-        (a Strong search costs about 300 ms on a Milvus 2.3 server)."""
+        """A read at the consistency it needs. A ``Bounded`` read runs at a timestamp a few
+        seconds old, so it misses rows written in those seconds; reads within
+        ``fresh_s`` of this handle's last write (or of its opening) are ``Strong`` instead,
+        and later ones ``Bounded``, which do not wait for the next time tick (a Strong
+        search costs about 300 ms on a Milvus 2.3 server)."""
         level = self.params.consistency
-        seen = self._writes
         if level == "auto":
-            level = "Strong" if seen != self._synced else "Bounded"
-        result = getattr(self._client, method)(
+            recent = time.monotonic() - self._last_write < self.params.fresh_s
+            level = "strong" if recent else "bounded"
+        return getattr(self._client, method)(
             self.collection, consistency_level=level.capitalize(),
             timeout=self.params.timeout, **kwargs)
-        if level == "Strong":
-            self._synced = max(self._synced, seen)
-        return result
 
     def _adopt(self) -> None:
         """Take an existing collection: check it has our schema and load it for search."""

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from rag.generation.aio import LoopThread
+from rag.generation.aio import LoopThread, aiterate_in_thread
 from rag.generation.base import Completion, Delta, GenerationParams, Message, acollect
 from rag.settings import GeneratorConfig
 from stores.errors import GenerationError, InvalidInput, MissingDependency, ModelUnavailable
@@ -82,24 +82,36 @@ class VLLMGenerator:
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
     def generate(self, messages: list[Message], params: GenerationParams) -> Completion:
-        result = self._loop.run(lambda: self.agenerate(messages, params))
+        self.warm_up()
+        result = self._loop.run(lambda: acollect(self._astream(messages, params)))
         assert isinstance(result, Completion)
         return result
 
     def stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Delta]:
         self.warm_up()
-        return self._loop.iterate(lambda: self.astream(messages, params))
+        return self._loop.iterate(lambda: self._astream(messages, params))
 
     async def agenerate(self, messages: list[Message], params: GenerationParams) -> Completion:
         return await acollect(self.astream(messages, params))
 
-    async def astream(self, messages: list[Message],
-                      params: GenerationParams) -> AsyncIterator[Delta]:
+    def astream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Delta]:
+        """The engine belongs to the loop it was started on; a caller on another loop (an
+        ASGI server's) is served through a thread bridge to it."""
+        self.warm_up()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop.loop():
+            return self._astream(messages, params)
+        return aiterate_in_thread(lambda: self.stream(messages, params))
+
+    async def _astream(self, messages: list[Message],
+                       params: GenerationParams) -> AsyncIterator[Delta]:
         from vllm import SamplingParams, TokensPrompt
 
         if params.max_tokens < 1:
             raise InvalidInput("max_tokens must be at least 1")
-        await asyncio.to_thread(self.warm_up)
         ids = self._prompt_ids(messages)
         if len(ids) + params.max_tokens > self.context_window:
             raise InvalidInput(
