@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import httpx
 
 from ingest.catalog import ChunkInfo, Document, Job, KnowledgeBase
+from ingest.loaders import supported_extensions
 from ingest.pipeline import expand_paths
 from rag.types import Answer, Citation, Passage, SearchResult, Timings, Usage
 from stores import errors as _errors
@@ -83,7 +84,14 @@ def _raise_for(response: httpx.Response) -> None:
 
 
 def _upload_files(paths: Iterable[str | Path]) -> list[Path]:
-    files = list(expand_paths([Path(p) for p in paths]))
+    """Named files as given (the server judges them); from folders, the supported types."""
+    known = set(supported_extensions())
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += [f for f in expand_paths([p]) if f.suffix.lower() in known]
+        else:
+            files.append(p)
     if not files:
         raise _errors.InvalidInput("no files to upload")
     return files
