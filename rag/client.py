@@ -107,6 +107,21 @@ def _events(lines: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
             event = "message"
 
 
+def _ask_item(kind: str, data: dict[str, Any]) -> AskSources | AskDelta | Answer:
+    """One event of a streamed answer as the SDK hands it out (errors raised)."""
+    if kind == "citations":
+        return AskSources([_build(Citation, c) for c in data["sources"]])
+    if kind == "delta":
+        return AskDelta(data["text"])
+    if kind == "done":
+        return _answer(data["answer"])
+    err = data.get("error") or {"type": "RagError", "message": f"unexpected event {kind}"}
+    cls = getattr(_errors, str(err["type"]), RagError)
+    if not (isinstance(cls, type) and issubclass(cls, RagError)):
+        cls = RagError
+    raise cls(str(err["message"]))
+
+
 class Client:
     """Synchronous client; every route of the service as a typed method."""
 
@@ -231,16 +246,7 @@ class Client:
                 r.read()
                 _raise_for(r)
             for kind, data in _events(r.iter_lines()):
-                if kind == "citations":
-                    yield AskSources([_build(Citation, c) for c in data["sources"]])
-                elif kind == "delta":
-                    yield AskDelta(data["text"])
-                elif kind == "done":
-                    yield _answer(data["answer"])
-                elif kind == "error":
-                    err = data["error"]
-                    cls = getattr(_errors, err["type"], RagError)
-                    raise cls(err["message"])
+                yield _ask_item(kind, data)
 
     def close(self) -> None:
         self._http.close()
@@ -293,12 +299,7 @@ class AsyncClient:
                 _raise_for(r)
             lines = [line async for line in r.aiter_lines()]
         for kind, data in _events(lines):
-            if kind == "citations":
-                yield AskSources([_build(Citation, c) for c in data["sources"]])
-            elif kind == "delta":
-                yield AskDelta(data["text"])
-            elif kind == "done":
-                yield _answer(data["answer"])
+            yield _ask_item(kind, data)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -86,6 +86,9 @@ class GeneratorConfig(BaseModel):
     quantize: Literal["4bit", "8bit"] | None = Field(
         None, description="transformers on GPU: load through bitsandbytes")
     max_batch: int = Field(8, ge=1, le=256, description="transformers: requests batched at once")
+    batch_wait_ms: float = Field(
+        20.0, ge=0.0, le=1000.0,
+        description="transformers: how long a new batch waits for more requests to join")
     max_tokens: int = Field(160, ge=1, le=32768)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)

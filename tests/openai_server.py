@@ -37,7 +37,6 @@ def create_app(model_dir: Path, served_name: str = "tiny-llama", max_batch: int 
                                 model_dir.parent)
     gen.warm_up()
     app = FastAPI(title="openai-compatible test server")
-    app.state.ignore_eos = False
     faults: dict[str, Any] = {"statuses": [], "delay_s": 0.0, "die_after_chunks": None}
     stats = {"chat_requests": 0}
 
@@ -75,9 +74,8 @@ def create_app(model_dir: Path, served_name: str = "tiny-llama", max_batch: int 
             max_tokens=int(body.get("max_tokens") or 16),
             temperature=float(body.get("temperature") or 0.0),
             top_p=float(body.get("top_p") or 1.0),
-            stop=tuple([stop] if isinstance(stop, str) else stop), seed=body.get("seed"))
-        if app.state.ignore_eos:
-            gen._eos = set()
+            stop=tuple([stop] if isinstance(stop, str) else stop), seed=body.get("seed"),
+            ignore_eos=bool(body.get("ignore_eos")))
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if not body.get("stream"):
             c = await gen.agenerate(messages, params)
@@ -133,11 +131,8 @@ def main() -> None:
     ap.add_argument("--model-dir", type=Path, required=True)
     ap.add_argument("--served-name", default="tiny-llama")
     ap.add_argument("--max-batch", type=int, default=8)
-    ap.add_argument("--ignore-eos", action="store_true", help="for benchmarks: equal work")
     args = ap.parse_args()
     app = create_app(args.model_dir, args.served_name, args.max_batch)
-    if args.ignore_eos:
-        app.state.ignore_eos = True
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import CallerDep, RagDep
-from api.routers.query import observe
+from api.routers.query import final_answer, observe
 from api.schemas import plain
 from rag.generation.aio import aiterate_in_thread
 from rag.generation.base import GenerationParams, Message
@@ -89,11 +89,7 @@ async def chat_completions(body: ChatRequest, rag: RagDep, caller: CallerDep,
         return rag.ask_stream(question, body.model, history=history, params=params)
 
     if not body.stream:
-        answer: Answer | None = None
-        async for delta in aiterate_in_thread(run):
-            answer = delta.answer or answer
-        assert answer is not None
-        observe(request, answer)
+        answer = await final_answer(run, request)
         return {"id": rid, "object": "chat.completion", "created": created,
                 "model": body.model,
                 "choices": [{"index": 0, "finish_reason": "stop", "message": {

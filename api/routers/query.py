@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -46,6 +46,16 @@ def observe(request: Request, answer: Answer) -> None:
         m.tokens_per_s.observe(answer.timings.tokens_per_second)
 
 
+async def final_answer(run: Callable[[], Iterator[AnswerDelta]], request: Request) -> Answer:
+    """Run an answer stream off the event loop and keep its cited ``Answer``."""
+    answer: Answer | None = None
+    async for delta in aiterate_in_thread(run):
+        answer = delta.answer or answer
+    assert answer is not None
+    observe(request, answer)
+    return answer
+
+
 def _params(rag: RAG, body: AskRequest) -> GenerationParams:
     g = rag.settings.generator
     return GenerationParams(max_tokens=body.max_tokens or g.max_tokens,
@@ -72,12 +82,7 @@ async def ask(kb: str, body: AskRequest, rag: RagDep, caller: CallerDep,
                               history, _params(rag, body))
 
     if not body.stream:
-        answer: Answer | None = None
-        async for delta in aiterate_in_thread(run):
-            answer = delta.answer or answer
-        assert answer is not None
-        observe(request, answer)
-        return {"answer": plain(answer)}
+        return {"answer": plain(await final_answer(run, request))}
 
     async def events() -> AsyncIterator[str]:
         try:

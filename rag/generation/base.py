@@ -22,6 +22,7 @@ class GenerationParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # benchmarks: always decode max_tokens
 
 
 @dataclass(frozen=True)

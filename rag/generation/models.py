@@ -7,7 +7,9 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
+from rag.generation.base import Message
 from stores.errors import ModelUnavailable
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -53,3 +55,12 @@ def smollm2_folder(cache_dir: Path) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)  # another process converting at once: the last rename wins, whole
     return target
+
+
+def chat_token_ids(tokenizer: Any, messages: list[Message]) -> list[int]:
+    """The prompt's token ids through the tokenizer's chat template, ready for an answer."""
+    ids = tokenizer.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in messages],
+        add_generation_prompt=True, tokenize=True,
+    )
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)

@@ -199,6 +199,8 @@ class OpenAIGenerator:
             body["stop"] = list(params.stop)
         if params.seed is not None:
             body["seed"] = params.seed
+        if params.ignore_eos:
+            body["ignore_eos"] = True  # vLLM's extension; other servers ignore it
         return body
 
     def _client(self) -> httpx.AsyncClient:

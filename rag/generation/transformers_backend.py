@@ -19,7 +19,7 @@ from typing import Any
 
 from rag.generation.aio import aiterate_in_thread
 from rag.generation.base import Completion, Delta, GenerationParams, Message, acollect, collect
-from rag.generation.models import SMOLLM2_ID, smollm2_folder
+from rag.generation.models import SMOLLM2_ID, chat_token_ids, smollm2_folder
 from rag.settings import GeneratorConfig
 from stores.errors import GenerationError, InvalidInput, MissingDependency, ModelUnavailable
 
@@ -42,11 +42,11 @@ class _Request:
     first: float | None = None
 
     @property
-    def batch_key(self) -> tuple[float, float] | None:
+    def batch_key(self) -> tuple[float, float, bool] | None:
         """Requests with equal keys may share a batch; a seeded one runs alone."""
         if self.params.seed is not None:
             return None
-        return (self.params.temperature, self.params.top_p)
+        return (self.params.temperature, self.params.top_p, self.params.ignore_eos)
 
 
 class TransformersGenerator:
@@ -149,11 +149,7 @@ class TransformersGenerator:
 
     def _encode(self, messages: list[Message]) -> list[int]:
         self.warm_up()
-        ids = self._tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages],
-            add_generation_prompt=True, tokenize=True,
-        )
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        return chat_token_ids(self._tokenizer, messages)
 
     # -- the Generator protocol ---------------------------------------------------------------
 
@@ -199,9 +195,10 @@ class TransformersGenerator:
             first = self._queue.get()
             batch: list[_Request] = [first]
             later: list[_Request] = []
+            deadline = time.perf_counter() + self.config.batch_wait_ms / 1000
             while len(batch) < self.config.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
+                try:  # a burst of requests arrives over a few ms: gather it into one batch
+                    nxt = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
                 except queue.Empty:
                     break
                 same = nxt.batch_key is not None and nxt.batch_key == first.batch_key
@@ -233,6 +230,8 @@ class TransformersGenerator:
                 kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            if params.ignore_eos:
+                kwargs["min_new_tokens"] = kwargs["max_new_tokens"]
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             with torch.inference_mode():
@@ -248,7 +247,7 @@ class TransformersGenerator:
         """One new token for a row: emit the text it completes, then check the row's end."""
         if req.done:
             return
-        if token in self._eos:
+        if token in self._eos and not req.params.ignore_eos:
             req.done, req.finish = True, "stop"
             return
         req.tokens.append(token)

@@ -18,6 +18,7 @@ from typing import Any
 
 from rag.generation.aio import LoopThread, aiterate_in_thread
 from rag.generation.base import Completion, Delta, GenerationParams, Message, acollect
+from rag.generation.models import chat_token_ids
 from rag.settings import GeneratorConfig
 from stores.errors import GenerationError, InvalidInput, MissingDependency, ModelUnavailable
 
@@ -76,10 +77,7 @@ class VLLMGenerator:
 
     def _prompt_ids(self, messages: list[Message]) -> list[int]:
         self.warm_up()
-        ids = self._tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages],
-            add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        return chat_token_ids(self._tokenizer, messages)
 
     def generate(self, messages: list[Message], params: GenerationParams) -> Completion:
         self.warm_up()
@@ -120,7 +118,7 @@ class VLLMGenerator:
         sampling = SamplingParams(
             max_tokens=params.max_tokens, temperature=params.temperature,
             top_p=params.top_p if params.temperature > 0 else 1.0,
-            stop=list(params.stop) or None, seed=params.seed)
+            stop=list(params.stop) or None, seed=params.seed, ignore_eos=params.ignore_eos)
         request_id = uuid.uuid4().hex
         started = time.perf_counter()
         first: float | None = None

@@ -18,6 +18,7 @@ from stores.base import Record
 from stores.errors import Conflict, DimensionMismatch, InvalidInput
 from tests.conftest import SAMPLES, make_settings
 from tests.helpers import ExtractiveGenerator, HashEmbedder
+from tests.unit.test_pipeline import assert_consistent
 
 QUESTION = "How much is an adult ticket at the observatory?"
 
@@ -53,14 +54,6 @@ def _docs(tmp_path: Path) -> Path:
     return folder
 
 
-def _consistent(rag: RAG, kb: str = "default") -> int:
-    base = rag.get_kb(kb)
-    idx = rag.indexes(base)
-    n = rag.catalog.chunk_total(base.id)
-    assert idx.vectors.count() == n == idx.keywords.count()
-    return n
-
-
 @pytest.fixture
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RAG]:
     rag = _engine(tmp_path, _url(request.param, request, tmp_path))
@@ -74,7 +67,7 @@ def test_engine_works_on_every_store(engine: RAG, tmp_path: Path) -> None:
     folder = _docs(tmp_path)
     report = engine.ingest([folder])
     assert len(report.added) == 5 and not report.failed
-    n = _consistent(engine)
+    n = assert_consistent(engine)
     again = engine.ingest([folder])
     assert again.chunks_written == 0 and len(again.unchanged) == 5
     top = engine.search(QUESTION, mode="dense", min_score=0.0).passages[0]
@@ -82,7 +75,7 @@ def test_engine_works_on_every_store(engine: RAG, tmp_path: Path) -> None:
     answer = engine.ask(QUESTION)
     assert answer.citations and answer.citations[0].document_name == "observatory-guide.md"
     removed = engine.delete_document("observatory-guide.md")
-    assert _consistent(engine) == n - removed.chunk_count
+    assert assert_consistent(engine) == n - removed.chunk_count
     assert all(p.document_name != "observatory-guide.md"
                for p in engine.search(QUESTION, mode="dense", min_score=0.0).passages)
     url = engine.get_kb("default").store_url
@@ -101,7 +94,7 @@ def test_migrate_through_every_store_keeps_answers(request: pytest.FixtureReques
                                                    tmp_path: Path) -> None:
     rag = _engine(tmp_path)
     rag.ingest([_docs(tmp_path)])
-    n = _consistent(rag)
+    n = assert_consistent(rag)
     before = _top_ids(rag)
     first_url = rag.get_kb("default").store_url
     for backend in ["milvus-lite", "chroma", "pinecone", "faiss"]:
@@ -109,7 +102,7 @@ def test_migrate_through_every_store_keeps_answers(request: pytest.FixtureReques
         report = rag.migrate_kb("default", url, drop_source=True)
         assert report.copied == n and report.to_url == url
         assert rag.get_kb("default").store_url == url
-        assert _consistent(rag) == n
+        assert assert_consistent(rag) == n
         assert _top_ids(rag) == before, backend
     rag.close()
     assert not Path(first_url.split("://", 1)[1].split("?")[0]).exists(), "source dropped"
@@ -135,7 +128,7 @@ def test_migrate_refuses_and_changes_nothing(request: pytest.FixtureRequest,
     with pytest.raises(InvalidInput):
         rag.migrate_kb("default", original)
     assert rag.get_kb("default").store_url == original
-    assert _consistent(rag) > 0
+    assert assert_consistent(rag) > 0
     busy.close()
     rag.close()
 
@@ -161,7 +154,7 @@ def test_migrate_failure_midway_rolls_back(request: pytest.FixtureRequest, tmp_p
     target = open_store(target_url)
     assert target.count() == 0, "the half-written target was dropped"
     target.close()
-    assert _consistent(rag) > 0
+    assert assert_consistent(rag) > 0
     rag.close()
 
 
