@@ -129,8 +129,9 @@ def run_raw_hf(folder: Path, msgs: list[list[Any]], conc: int, max_tokens: int) 
 def run_raw_vllm(folder: Path, msgs: list[list[Any]], conc: int, max_tokens: int) -> Row:
     from vllm import LLM, SamplingParams
 
-    llm = _cached(("vllm", str(folder)), lambda: LLM(model=str(folder), dtype="float32",
-                                                      max_model_len=2048, enforce_eager=True))
+    llm = _cached(("vllm", str(folder)), lambda: LLM(
+        model=str(folder), dtype="float32", max_model_len=2048, enforce_eager=True,
+        gpu_memory_utilization=0.3))
     sp = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     convs = [[{"role": m.role, "content": m.content} for m in ms] for ms in msgs[:conc]]
     started = time.perf_counter()
@@ -164,6 +165,7 @@ def ours(kind: str, folder: Path, stack: ExitStack) -> Any:
 
         gen = VLLMGenerator(GeneratorConfig(backend="vllm", model=str(folder), dtype="float32",
                                             vllm=VLLMConfig(max_model_len=2048,
+                                                            gpu_memory_utilization=0.3,
                                                             enforce_eager=True)), folder.parent)
     else:  # openai: our client against an OpenAI-compatible server on loopback
         from rag.generation.openai_backend import OpenAIGenerator

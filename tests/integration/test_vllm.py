@@ -39,7 +39,8 @@ def engines(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
 
     folder = build_tiny_llama(tmp_path_factory.mktemp("tiny-llama-vllm") / "model", seed=3)
     cfg = GeneratorConfig(backend="vllm", model=str(folder), dtype="float32",
-                          vllm=VLLMConfig(max_model_len=1024, enforce_eager=True))
+                          vllm=VLLMConfig(max_model_len=1024, enforce_eager=True,
+                                          gpu_memory_utilization=0.2))
     vllm_gen = VLLMGenerator(cfg, folder.parent)
     vllm_gen.warm_up()
     hf = TransformersGenerator(GeneratorConfig(model=str(folder)), folder.parent)
@@ -119,7 +120,8 @@ def test_openai_backend_against_vllm_serve(engines, tmp_path: Path) -> None:  # 
 
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
            gen.model_id, "--served-model-name", "tiny", "--host", "127.0.0.1", "--port",
-           str(port), "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager"]
+           str(port), "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager",
+           "--gpu-memory-utilization", "0.2"]
     with serve("vllm-serve", cmd, port, tmp_path, ready=ready, timeout=300,
                env={"PYTHONPATH": str(REPO), "VLLM_HOST_IP": "127.0.0.1"}):
         client = OpenAIGenerator(GeneratorConfig(
