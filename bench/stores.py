@@ -152,6 +152,8 @@ def run_config(cfg: Config, name: str, x: np.ndarray, q: np.ndarray, truth: np.n
     results = []
     try:
         for label, extra in cfg.variants:
+            if cfg.backend.startswith("milvus"):  # steady state: settled data, Bounded reads
+                extra += "&consistency=bounded"
             s = open_store(_url(cfg, loc, tag, extra))
             s.query(q[0], K)  # warm: loads the index
             lat, found = [], []
@@ -269,10 +271,13 @@ def main() -> None:
                 f"--{k} {v}" for k, v in vars(args).items() if k != "out")}
     target = args.out / "stores.json"  # merged by dataset: runs may cover different sets
     previous = json.loads(target.read_text()) if target.exists() else {"results": []}
-    fresh = {r.dataset for r in results}
-    merged = [Result(**r) for r in previous["results"] if r["dataset"] not in fresh] + results
-    runs = [m for m in previous.get("runs", []) if set(m.get("datasets", [])) - fresh]
-    runs.append({**meta, "datasets": sorted(fresh)})
+    def key(r: Result) -> tuple[str, str, str, str]:
+        return (r.dataset, r.backend, r.index, r.search)
+
+    fresh = {key(r) for r in results}
+    merged = [o for o in (Result(**r) for r in previous["results"]) if key(o) not in fresh]
+    merged += results
+    runs = [*previous.get("runs", []), {**meta, "datasets": sorted({r.dataset for r in results})}]
     target.write_text(json.dumps({"runs": runs, "results": [asdict(r) for r in merged]},
                                  indent=2))
     plot(merged, args.out / "stores.png")
