@@ -16,7 +16,7 @@ import hashlib
 import os
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ from stores.base import (
     prepare_upsert,
     query_vector,
 )
-from stores.errors import InvalidInput, MissingDependency, StoreUnavailable
+from stores.errors import InvalidInput, MissingDependency, StoreUnavailable, sdk_errors
 from stores.urls import StoreURL
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$")
@@ -185,14 +185,8 @@ class ChromaStore:
 
     # -- helpers --------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _calls(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except (InvalidInput, StoreUnavailable):
-            raise
-        except Exception as exc:  # ChromaError, httpx errors, ValueError from the client
-            raise StoreUnavailable(f"cannot {what} {self._where}: {exc}") from exc
+    def _calls(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return sdk_errors(what, self._where)
 
     def _clear_stale_keys(self, part: list[Record], metas: list[dict[str, Any]]) -> None:
         """Chroma's upsert merges metadata; a replaced record must lose keys it no longer

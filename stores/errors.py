@@ -8,6 +8,9 @@ answers with.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class RagError(Exception):
     """Base of every error the platform raises on purpose."""
@@ -76,3 +79,15 @@ class ModelUnavailable(RagError):
 
 class GenerationError(RagError):
     status_code = 502
+
+
+@contextlib.contextmanager
+def sdk_errors(what: str, where: str) -> Iterator[None]:
+    """Around a store SDK's calls: our typed errors pass, anything else the SDK raises
+    (connection, server or protocol errors) becomes ``StoreUnavailable`` naming the store."""
+    try:
+        yield
+    except (InvalidInput, StoreUnavailable):
+        raise
+    except Exception as exc:
+        raise StoreUnavailable(f"cannot {what} {where}: {exc}") from exc

@@ -44,7 +44,7 @@ from stores.base import (
     prepare_upsert,
     query_vector,
 )
-from stores.errors import InvalidInput, MissingDependency, StoreUnavailable
+from stores.errors import InvalidInput, MissingDependency, StoreUnavailable, sdk_errors
 from stores.urls import StoreURL
 
 _INDEXES = ("IVF_FLAT", "IVF_SQ8", "HNSW", "FLAT")
@@ -259,15 +259,8 @@ class MilvusStore:
 
     # -- helpers --------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _calls(self, what: str) -> Iterator[None]:
-        """Turn the SDK's connection and server errors into ``StoreUnavailable``."""
-        try:
-            yield
-        except (InvalidInput, StoreUnavailable):
-            raise
-        except Exception as exc:  # MilvusException, grpc errors, lite start failures
-            raise StoreUnavailable(f"cannot {what} {self._where}: {exc}") from exc
+    def _calls(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return sdk_errors(what, self._where)
 
     def _read(self, method: str, **kwargs: Any) -> Any:
         """A read at the consistency it needs. A ``Bounded`` read runs at a timestamp a few

@@ -39,7 +39,7 @@ from stores.base import (
     prepare_upsert,
     query_vector,
 )
-from stores.errors import InvalidInput, MissingDependency, StoreUnavailable
+from stores.errors import InvalidInput, MissingDependency, sdk_errors
 from stores.urls import StoreURL
 
 MAX_BATCH_VECTORS = 1000
@@ -173,14 +173,8 @@ class PineconeStore:
 
     # -- helpers --------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _calls(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except (InvalidInput, StoreUnavailable):
-            raise
-        except Exception as exc:  # PineconeError, ApiError, transport errors
-            raise StoreUnavailable(f"cannot {what} {self._where}: {exc}") from exc
+    def _calls(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return sdk_errors(what, self._where)
 
     def _matching_ids(self, flt: Filter) -> list[str]:
         ids: list[str] = []
