@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 USE_SYSTEM_TORCH ?= 0
 export RAG_DATA_DIR ?= ./data
 
-.PHONY: run test test-vllm install install-test lint typecheck clean samples
+.PHONY: run test test-vllm install install-test lint typecheck clean samples browser
 
 $(BIN)/python:
 ifeq ($(USE_SYSTEM_TORCH),1)
@@ -63,13 +63,24 @@ $(VLLM_VENV)/.installed: pyproject.toml | $(BIN)/python
 test-vllm: $(VLLM_VENV)/.installed
 	VLLM_HOST_IP=127.0.0.1 $(VLLM_VENV)/bin/pytest -q -p no:cacheprovider tests/integration/test_vllm.py -rs
 
+# The browser for the web page's end-to-end tests: Debian's Chromium (Playwright drives it; it
+# never downloads a browser of its own) and a CJK font so Chinese renders in screenshots.
+# Where apt-get is not available the e2e tests skip and say so.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if [ -x /usr/bin/chromium ] && fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk"; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get install -y -q chromium fonts-wqy-zenhei >/dev/null \
+	  || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium fonts-wqy-zenhei >/dev/null; }; \
+	else echo "no apt-get: the browser tests will be skipped (install chromium, or set RAG_CHROMIUM)"; fi
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 run: install
 	$(BIN)/rag demo
 
-test: install-test $(MILVUS_SERVER)
+test: install-test $(MILVUS_SERVER) browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy rag ingest stores api bench
 	$(BIN)/pytest -q

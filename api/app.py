@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
@@ -21,11 +23,26 @@ from rag.engine import RAG
 from rag.settings import Settings
 from stores.errors import RagError
 
+log = logging.getLogger(__name__)
 WEB = Path(__file__).resolve().parent.parent / "web"
+# The page loads only its own scripts and styles and talks only to this server: even if text
+# from a document or the model got parsed as HTML somewhere, nothing in it could run.
+PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+               "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+               "frame-ancestors 'none'")
 
 
 def _error(status: int, kind: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"type": kind, "message": message}}, status)
+
+
+def _warm_up(engine: RAG) -> None:
+    warm_up = getattr(engine.embedder, "warm_up", None)
+    if warm_up is not None:
+        try:
+            warm_up()
+        except RagError as exc:
+            log.warning("embedding model not loaded at start: %s", exc.message)
 
 
 def create_app(settings: Settings | None = None, rag: RAG | None = None) -> FastAPI:
@@ -48,6 +65,9 @@ def create_app(settings: Settings | None = None, rag: RAG | None = None) -> Fast
         runner.on_file.append(count)
         app.state.rag, app.state.jobs = engine, runner
         runner.recover()
+        # Load the embedding model now, off the event loop, so the first upload, knowledge
+        # base or question does not wait for it; a failure here is reported by /readyz.
+        threading.Thread(target=_warm_up, args=(engine,), name="rag-warm-up", daemon=True).start()
         try:
             yield
         finally:
@@ -60,6 +80,15 @@ def create_app(settings: Settings | None = None, rag: RAG | None = None) -> Fast
                               "OpenAI-compatible endpoint.")
     app.state.settings, app.state.metrics = settings, metrics
     app.middleware("http")(metrics.middleware)
+
+    @app.middleware("http")
+    async def page_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]
+                           ) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if not request.url.path.startswith(("/v1/", "/docs", "/redoc")):  # Swagger: CDN
+            response.headers.setdefault("Content-Security-Policy", PAGE_POLICY)
+        return response
 
     @app.exception_handler(RagError)
     async def rag_error(_: Request, exc: RagError) -> JSONResponse:

@@ -46,3 +46,11 @@ def real_embedder():  # type: ignore[no-untyped-def]
     embedder = SentenceTransformerEmbedder(EmbeddingConfig())
     embedder.warm_up()
     return embedder
+
+
+@pytest.fixture(scope="session")
+def smollm2_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The packaged SmolLM2 as a plain Hugging Face folder, converted once per test run."""
+    from rag.generation.models import smollm2_folder
+
+    return smollm2_folder(tmp_path_factory.mktemp("models"))

@@ -13,7 +13,6 @@ import pytest
 
 from rag.client import AskDelta, AskSources, AsyncClient, Client
 from rag.generation.base import GenerationParams, Message
-from rag.generation.models import smollm2_folder
 from rag.generation.openai_backend import OpenAIGenerator
 from rag.settings import GeneratorConfig, OpenAIConfig
 from rag.types import Answer
@@ -27,9 +26,8 @@ QUESTION = "How much is an adult ticket at the observatory?"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    models = tmp_path_factory.mktemp("models")
-    model = smollm2_folder(models)  # converted once, outside the server
+def server(tmp_path_factory: pytest.TempPathFactory, smollm2_model: Path) -> Iterator[str]:
+    model = smollm2_model  # converted once, outside the server
     data = tmp_path_factory.mktemp("server-data")
     port = free_port()
 
