@@ -367,6 +367,16 @@ def test_api_errors_are_readable(browser: Any, server: str) -> None:
     failed = page.locator("#uploads li.st-failed")
     expect(failed).to_contain_text("tool.exe")
     expect(failed.locator(".doc-error")).to_have_text(re.compile(r"\S"))
+    # Drag and drop works like the picker.
+    drop = page.evaluate_handle("""() => {
+        const dt = new DataTransfer();
+        dt.items.add(new File(['# Dropped\\n\\nPears are green.'], 'dropped.md',
+                              {type: 'text/markdown'}));
+        return dt;
+    }""")
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": drop})
+    expect(page.locator("#doc-list li.st-indexed", has_text="dropped.md")).to_be_visible(
+        timeout=60_000)
     # A knowledge base that already exists: the server's message, not a blank page.
     page.get_by_role("button", name="New").click()
     page.get_by_label("Name").fill("errors")
