@@ -30,6 +30,7 @@ class SearchRequest(BaseModel):
     mode: Literal["dense", "keyword", "hybrid"] | None = None
     min_score: float | None = Field(None, ge=-1.0, le=1.0)
     filter: dict[str, Any] | None = None
+    rerank: bool | None = Field(None, description="default: rerank when a rerank model is set")
 
 
 class ChatTurn(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -61,6 +62,7 @@ class SentenceTransformerEmbedder:
         self.config = config
         self._model: Any = None
         self._lock = threading.Lock()
+        self._count_tokenizer: Any = None
         self.device: str | None = None
 
     @property
@@ -130,5 +132,16 @@ class SentenceTransformerEmbedder:
         return np.asarray(vec[0], dtype=np.float32)
 
     def count_tokens(self, text: str) -> int:
-        ids = self.model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        ids = self._counter()(text, add_special_tokens=False, verbose=False)["input_ids"]
         return len(ids)
+
+    def _counter(self) -> Any:
+        """A copy of the tokenizer for counting: the pipeline chunks the next files while the
+        model encodes, and one Rust tokenizer used from two threads at once can fail
+        ("Already borrowed") when padding or truncation settings change under it."""
+        if self._count_tokenizer is None:
+            tokenizer = self.model.tokenizer
+            with self._lock:
+                if self._count_tokenizer is None:
+                    self._count_tokenizer = copy.deepcopy(tokenizer)
+        return self._count_tokenizer

@@ -12,8 +12,11 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from ingest.catalog import (
     DOC_INDEXED,
@@ -33,7 +36,7 @@ from stores.errors import DimensionMismatch, InvalidInput, PayloadTooLarge, RagE
 from stores.keyword import KeywordIndex
 
 ADDED, REPLACED, UNCHANGED, FAILED = "added", "replaced", "unchanged", "failed"
-_GROUP_CHUNKS = 256  # embed this many chunks together across small files
+_GROUP_CHUNKS = 1024  # chunks embedded together: length-sorted batches waste less on padding
 
 
 @dataclass
@@ -160,33 +163,58 @@ class IngestPipeline:
         report = IngestReport(job_id=job.id)
         chunker = self.chunker(kb)
 
-        def emit(result: FileResult) -> None:
-            report.results.append(result)
+        def emit(*results: FileResult) -> None:
+            written = [r for r in results if r.status in (ADDED, REPLACED)]
             self.catalog.update_job(
                 job.id,
-                done=int(result.status in (ADDED, REPLACED)),
-                skipped=int(result.status == UNCHANGED),
-                failed=int(result.status == FAILED),
-                chunks=result.chunks if result.status in (ADDED, REPLACED) else 0,
-                error=(result.name, result.error or "") if result.status == FAILED else None,
+                done=len(written),
+                skipped=sum(r.status == UNCHANGED for r in results),
+                failed=sum(r.status == FAILED for r in results),
+                chunks=sum(r.chunks for r in written),
+                errors=[(r.name, r.error or "") for r in results if r.status == FAILED],
             )
-            if on_file is not None:
-                on_file(result)
+            for result in results:
+                report.results.append(result)
+                if on_file is not None:
+                    on_file(result)
 
+        # Embedding a group runs in a worker thread while this thread reads and chunks the
+        # next files and writes the previous group: the model, the slow part, never waits.
         group: list[_Prepared] = []
-        for path in files:
-            source = (sources or {}).get(path) or str(path.resolve())
-            outcome = self._prepare(kb, chunker, path, source)
-            if isinstance(outcome, FileResult):
-                emit(outcome)
-                continue
-            group.append(outcome)
-            if sum(len(p.chunks) for p in group) >= _GROUP_CHUNKS:
-                for result in self._write_group(kb, indexes, group):
-                    emit(result)
-                group = []
-        for result in self._write_group(kb, indexes, group):
-            emit(result)
+        pending: tuple[list[_Prepared], Future[np.ndarray]] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-embed") as pool:
+
+            def submit(ready: list[_Prepared]) -> None:
+                nonlocal pending
+                embedding = pool.submit(self.embedder.embed_documents,
+                                        [c.text for p in ready for c in p.chunks])
+                if pending is not None:
+                    emit(*self._write_group(kb, indexes, *pending))
+                pending = (ready, embedding)
+
+            try:
+                seen: set[str] = set()
+                for path in files:
+                    source = (sources or {}).get(path) or str(path.resolve())
+                    if source in seen:  # the same file named twice: ingest it once
+                        continue
+                    seen.add(source)
+                    outcome = self._prepare(kb, chunker, path, source)
+                    if isinstance(outcome, FileResult):
+                        emit(outcome)
+                        continue
+                    group.append(outcome)
+                    if sum(len(p.chunks) for p in group) >= _GROUP_CHUNKS:
+                        submit(group)
+                        group = []
+                if group:
+                    submit(group)
+                if pending is not None:
+                    emit(*self._write_group(kb, indexes, *pending))
+                    pending = None
+            finally:
+                if pending is not None:  # an unexpected error: let the embedding finish
+                    pending[1].cancel()
         self.catalog.update_job(job.id, status=JOB_DONE)
         return report
 
@@ -231,52 +259,52 @@ class IngestPipeline:
         return FileResult(name, source, FAILED, 0, doc_id, exc.message)
 
     def _write_group(
-        self, kb: KnowledgeBase, indexes: Indexes, group: list[_Prepared]
+        self, kb: KnowledgeBase, indexes: Indexes, group: list[_Prepared],
+        embedding: Future[np.ndarray],
     ) -> list[FileResult]:
-        if not group:
-            return []
-        texts = [c.text for p in group for c in p.chunks]
+        """Write a group's chunks to the stores, then record them in the catalog, with one
+        call per index and one transaction per step; a store failure fails the group's files
+        and leaves their previous versions as they were."""
         try:
-            vectors = self.embedder.embed_documents(texts)
+            vectors = embedding.result()
         except RagError as exc:
             return [self._fail(kb, p.doc_id, p.path.name, p.source, p.mime, p.size, exc)
                     for p in group]
-        results: list[FileResult] = []
-        offset = 0
+        ids = {p.doc_id: [chunk_id(p.doc_id, c) for c in p.chunks] for p in group}
+        old_ids = self.catalog.chunk_ids_of(list(ids))
+        self.catalog.begin_documents(
+            [(p.doc_id, kb.id, p.path.name, p.source, p.mime, p.size) for p in group])
+        records: list[Record] = []
         for p in group:
-            vecs = vectors[offset : offset + len(p.chunks)]
-            offset += len(p.chunks)
-            results.append(self._write_document(kb, indexes, p, vecs))
-        return results
-
-    def _write_document(self, kb: KnowledgeBase, indexes: Indexes, p: _Prepared,
-                        vecs: object) -> FileResult:
-        name = p.path.name
-        ids = [chunk_id(p.doc_id, c) for c in p.chunks]
-        old_ids = self.catalog.chunk_ids(p.doc_id)
-        self.catalog.begin_document(p.doc_id, kb.id, name, p.source, p.mime, p.size)
-        records = [
-            Record(cid, vec, c.text, _chunk_metadata(p.doc_id, name, c))
-            for cid, vec, c in zip(ids, vecs, p.chunks, strict=True)  # type: ignore[call-overload]
-        ]
+            start = len(records)
+            records.extend(
+                Record(cid, vec, c.text, _chunk_metadata(p.doc_id, p.path.name, c))
+                for cid, vec, c in zip(ids[p.doc_id], vectors[start : start + len(p.chunks)],
+                                       p.chunks, strict=True)
+            )
+        new = sorted({r.id for r in records} - {c for v in old_ids.values() for c in v})
         try:
             indexes.vectors.upsert(records)
             indexes.keywords.upsert([(r.id, r.text, r.metadata) for r in records])
-            stale = sorted(set(old_ids) - set(ids))
+            stale = sorted({c for d, v in old_ids.items() for c in set(v) - set(ids[d])})
             if stale:
                 indexes.vectors.delete(ids=stale)
                 indexes.keywords.delete(stale)
         except RagError as exc:
-            self._undo_partial(indexes, sorted(set(ids) - set(old_ids)))
-            self.catalog.restore_document(p.doc_id)
-            return self._fail(kb, p.doc_id, name, p.source, p.mime, p.size, exc)
-        self.catalog.finish_document(
-            p.doc_id, p.data_sha, p.mime, p.size, p.metadata,
-            [ChunkInfo(cid, p.doc_id, c.ordinal, c.text, c.start, c.end, c.page, c.token_count)
-             for cid, c in zip(ids, p.chunks, strict=True)],
-        )
-        status = REPLACED if p.existing is not None and p.existing.chunk_count else ADDED
-        return FileResult(name, p.source, status, len(p.chunks), p.doc_id)
+            self._undo_partial(indexes, new)
+            for p in group:
+                self.catalog.restore_document(p.doc_id)
+            return [self._fail(kb, p.doc_id, p.path.name, p.source, p.mime, p.size, exc)
+                    for p in group]
+        self.catalog.finish_documents([
+            (p.doc_id, p.data_sha, p.mime, p.size, p.metadata,
+             [ChunkInfo(cid, p.doc_id, c.ordinal, c.text, c.start, c.end, c.page, c.token_count)
+              for cid, c in zip(ids[p.doc_id], p.chunks, strict=True)])
+            for p in group
+        ])
+        return [FileResult(p.path.name, p.source,
+                           REPLACED if p.existing is not None and p.existing.chunk_count
+                           else ADDED, len(p.chunks), p.doc_id) for p in group]
 
     @staticmethod
     def _undo_partial(indexes: Indexes, new_ids: list[str]) -> None:

@@ -268,11 +268,14 @@ def search(
     mode: Annotated[str | None, typer.Option(help="dense, keyword or hybrid")] = None,
     min_score: Annotated[float | None, typer.Option(help="dense cosine threshold")] = None,
     filter: Annotated[str | None, typer.Option(help='JSON filter, e.g. {"page": 2}')] = None,
+    rerank: Annotated[bool | None, typer.Option(
+        "--rerank/--no-rerank", help="default: when RAG_RETRIEVAL__RERANK_MODEL is set")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show the passages retrieved for a query."""
     flt = _run(lambda: parse_filter(json.loads(filter)) if filter else None)
-    result = _run(lambda: _engine().search(query, kb, top_k, mode, min_score, flt))  # type: ignore[arg-type]
+    result = _run(lambda: _engine().search(query, kb, top_k, mode, min_score, flt,  # type: ignore[arg-type]
+                                           rerank=rerank))
     if as_json:
         _print_json(result)
         return
@@ -327,6 +330,56 @@ def _ask(rag: RAG, question: str, kb: str | None, top_k: int | None, mode: str |
         out.print(f"[dim]retrieval {t.retrieval_ms:.0f} ms, first token "
                   f"{t.time_to_first_token_ms:.0f} ms, "
                   f"{t.tokens_per_second or 0:.1f} tokens/s[/dim]")
+
+
+@app.command("eval")
+def eval_(
+    dataset: Annotated[Path, typer.Option(help="folder with passages.jsonl and questions.jsonl")],
+    kb: Annotated[str, typer.Option(help="knowledge base: filled from the dataset when new "
+                                         "or empty, reused when it holds the passages")],
+    mode: Annotated[str | None, typer.Option(help="dense, keyword or hybrid")] = None,
+    k: Annotated[str, typer.Option("--k", help="recall cut-offs, comma-separated")] = "1,5,10",
+    limit: Annotated[int, typer.Option(help="answerable questions sampled (0: all)")] = 1000,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    answers: Annotated[int, typer.Option(
+        help="also generate answers for this many questions (exact match, F1) and as many "
+             "unanswerable ones (abstention rate)")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure retrieval (recall@k, MRR@10, nDCG@10) and, with --answers, answer quality."""
+    from rag.evaluation import evaluate, load_dataset
+
+    if mode not in (None, "dense", "keyword", "hybrid"):
+        err.print(f"[red]error[/red] (InvalidInput): unknown mode {mode!r}")
+        raise typer.Exit(code=2)
+    try:
+        ks = sorted({int(x) for x in k.split(",") if x.strip()})
+    except ValueError:
+        err.print(f"[red]error[/red] (InvalidInput): --k takes integers like 1,5,10, not {k!r}")
+        raise typer.Exit(code=2) from None
+    data = _run(lambda: load_dataset(dataset))
+    rag = _engine()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=err, transient=True, disable=as_json) as bar:
+        task = bar.add_task(f"{data.name}: retrieving", total=None)
+        report = _run(lambda: evaluate(
+            rag, data, kb, mode, ks, limit or None, seed, answers,  # type: ignore[arg-type]
+            on_progress=lambda i, n: bar.update(task, completed=i, total=n)))
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    table = Table(title=f"{data.name} · kb {kb} · mode {report.mode} · "
+                        f"{report.questions} questions")
+    for col in ("metric", "value"):
+        table.add_column(col)
+    for name, value in {**report.retrieval, **report.answers}.items():
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    table.add_row("retrieval ms (p50)", f"{report.retrieval_ms_p50:.1f}")
+    out.print(table)
+    if not report.ingest.get("reused"):
+        out.print(f"ingested {report.ingest['documents']} passages as {report.ingest['chunks']} "
+                  f"chunks in {report.ingest['seconds']} s "
+                  f"({report.ingest['chunks_per_s']} chunks/s)")
 
 
 @app.command()

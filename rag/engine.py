@@ -228,22 +228,22 @@ class RAG:
 
     def search(self, query: str, kb: str | None = None, top_k: int | None = None,
                mode: Mode | None = None, min_score: float | None = None,
-               filter: Filter | None = None) -> SearchResult:
+               filter: Filter | None = None, *, rerank: bool | None = None) -> SearchResult:
         base = self.catalog.get_kb(kb or self.settings.default_kb)
         start = time.perf_counter()
         passages = self.retriever.search(base, self.indexes(base), query, top_k, mode,
-                                         min_score, filter)
+                                         min_score, filter, rerank)
         ms = (time.perf_counter() - start) * 1000
         return SearchResult(query, passages, Timings(retrieval_ms=ms))
 
     def ask(self, question: str, kb: str | None = None, top_k: int | None = None,
             mode: Mode | None = None, min_score: float | None = None,
             filter: Filter | None = None, history: list[Message] | None = None,
-            params: GenerationParams | None = None) -> Answer:
+            params: GenerationParams | None = None, *, rerank: bool | None = None) -> Answer:
         """Answer a question from the knowledge base, citing the passages used."""
         final: Answer | None = None
         for delta in self.ask_stream(question, kb, top_k, mode, min_score, filter, history,
-                                     params):
+                                     params, rerank=rerank):
             final = delta.answer or final
         assert final is not None
         return final
@@ -251,9 +251,10 @@ class RAG:
     def ask_stream(self, question: str, kb: str | None = None, top_k: int | None = None,
                    mode: Mode | None = None, min_score: float | None = None,
                    filter: Filter | None = None, history: list[Message] | None = None,
-                   params: GenerationParams | None = None) -> Iterator[AnswerDelta]:
+                   params: GenerationParams | None = None, *, rerank: bool | None = None
+                   ) -> Iterator[AnswerDelta]:
         """Stream an answer: text deltas, then a last delta holding the cited ``Answer``."""
-        found = self.search(question, kb, top_k, mode, min_score, filter)
+        found = self.search(question, kb, top_k, mode, min_score, filter, rerank=rerank)
         timings = found.timings
         if not found.passages:
             text = no_answer_text(question)

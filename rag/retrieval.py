@@ -15,6 +15,7 @@ from typing import Literal
 from ingest.catalog import Catalog, KnowledgeBase
 from ingest.embedding import Embedder
 from ingest.pipeline import Indexes
+from rag.rerank import CrossEncoderReranker
 from rag.settings import RetrievalConfig
 from rag.types import Passage
 from stores.base import Filter
@@ -46,6 +47,8 @@ class Retriever:
         self.catalog = catalog
         self.embedder = embedder
         self.config = config
+        self.reranker = (CrossEncoderReranker(config.rerank_model, config.rerank_device)
+                         if config.rerank_model else None)
 
     def search(
         self,
@@ -56,7 +59,12 @@ class Retriever:
         mode: Mode | None = None,
         min_score: float | None = None,
         filter: Filter | None = None,
+        rerank: bool | None = None,
     ) -> list[Passage]:
+        """``rerank``: None reranks when a rerank model is configured; True requires one."""
+        if rerank and self.reranker is None:
+            raise InvalidInput("reranking was asked for, but no rerank model is configured "
+                               "(RAG_RETRIEVAL__RERANK_MODEL)")
         if not query.strip():
             raise InvalidInput("the query is empty")
         k = top_k or self.config.top_k
@@ -80,6 +88,9 @@ class Retriever:
             ranked = [_Ranked(i, keyword=s, fused=s) for i, s in keyword]
         else:
             ranked = self._fuse(query, dense, keyword)
+        if self.reranker is not None and rerank is not False:
+            n = max(k, self.config.rerank_candidates)
+            return self.reranker.rerank(query, self._resolve(kb, ranked[: n + 5])[:n], k)
         return self._resolve(kb, ranked[: max(k * 2, k + 5)])[:k]
 
     def _fuse(

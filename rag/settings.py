@@ -33,6 +33,11 @@ class RetrievalConfig(BaseModel):
         0.5, ge=0.0, le=1.0, description="keyword hits must contain this share of query terms"
     )
     rrf_k: int = Field(60, ge=1, description="reciprocal rank fusion constant")
+    rerank_model: str | None = Field(
+        None, description="a sentence-transformers CrossEncoder (local folder or hub id) that "
+        "reorders the top candidates; empty: no reranking")
+    rerank_candidates: int = Field(20, ge=1, le=200, description="passages given to the reranker")
+    rerank_device: str = Field("auto", description="auto, cpu, cuda")
     cjk_dense_weight: float = Field(
         0.3, ge=0.0, le=1.0,
         description="dense ranking's weight for Chinese queries when the embedder is "

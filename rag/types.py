@@ -22,6 +22,7 @@ class Passage:
     score: float
     dense_score: float | None = None
     keyword_score: float | None = None
+    rerank_score: float | None = None
 
 
 @dataclass(frozen=True)

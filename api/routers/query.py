@@ -26,7 +26,7 @@ def search(kb: str, body: SearchRequest, rag: RagDep, caller: CallerDep,
            request: Request) -> dict[str, Any]:
     caller.check_kb(kb)
     result = rag.search(body.query, kb, body.top_k, body.mode, body.min_score,
-                        parse_filter(body.filter))
+                        parse_filter(body.filter), rerank=body.rerank)
     request.app.state.metrics.retrieval.observe(result.timings.retrieval_ms / 1000)
     return plain(result)
 
@@ -79,7 +79,7 @@ async def ask(kb: str, body: AskRequest, rag: RagDep, caller: CallerDep,
 
     def run() -> Any:
         return rag.ask_stream(body.query, kb, body.top_k, body.mode, body.min_score, flt,
-                              history, _params(rag, body))
+                              history, _params(rag, body), rerank=body.rerank)
 
     if not body.stream:
         return {"answer": plain(await final_answer(run, request))}

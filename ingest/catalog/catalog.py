@@ -201,6 +201,36 @@ class Catalog:
             s.flush()
             return _doc(row)
 
+    def begin_documents(self, docs: Sequence[tuple[str, int, str, str, str, int]]) -> None:
+        """``begin_document`` for several documents ``(id, kb_id, name, source, mime, size)``
+        in one transaction."""
+        with self._session() as s:
+            for doc_id, kb_id, name, source, mime_type, size in docs:
+                row = _get_or_add_document(s, doc_id, kb_id, name, source, mime_type, size)
+                row.status, row.error = DOC_INDEXING, None
+
+    def finish_documents(
+        self, docs: Sequence[tuple[str, str, str, int, dict[str, Any], Sequence[ChunkInfo]]]
+    ) -> None:
+        """``finish_document`` for several documents ``(id, sha256, mime, size, metadata,
+        chunks)`` in one transaction: all are indexed together, or none is."""
+        with self._session() as s:
+            ids = [d[0] for d in docs]
+            rows = {r.id: r for r in s.scalars(select(DocumentRow).where(DocumentRow.id.in_(ids)))}
+            missing = sorted(set(ids) - set(rows))
+            if missing:
+                raise NotFound(f"document {missing[0]!r} vanished while it was being indexed")
+            s.query(ChunkRow).filter(ChunkRow.document_id.in_(ids)).delete()
+            for doc_id, sha256, mime_type, size, metadata, chunks in docs:
+                s.add_all(
+                    ChunkRow(id=c.id, document_id=doc_id, ordinal=c.ordinal, text=c.text,
+                             start=c.start, end=c.end, page=c.page, token_count=c.token_count)
+                    for c in chunks
+                )
+                row = rows[doc_id]
+                row.sha256, row.mime_type, row.size, row.meta = sha256, mime_type, size, metadata
+                row.status, row.error, row.chunk_count = DOC_INDEXED, None, len(chunks)
+
     def finish_document(
         self,
         doc_id: str,
@@ -269,6 +299,16 @@ class Catalog:
             if row is not None:
                 s.delete(row)
 
+    def chunk_ids_of(self, doc_ids: Sequence[str]) -> dict[str, list[str]]:
+        """Chunk ids per document, for several documents in one query."""
+        out: dict[str, list[str]] = {d: [] for d in doc_ids}
+        with self._session() as s:
+            q = select(ChunkRow.document_id, ChunkRow.id).where(
+                ChunkRow.document_id.in_(list(doc_ids)))
+            for doc_id, cid in s.execute(q):
+                out[doc_id].append(cid)
+        return out
+
     def chunk_ids(self, doc_id: str) -> list[str]:
         with self._session() as s:
             return list(s.scalars(select(ChunkRow.id).where(ChunkRow.document_id == doc_id)))
@@ -326,8 +366,9 @@ class Catalog:
     def update_job(
         self, job_id: str, *, done: int = 0, skipped: int = 0, failed: int = 0, chunks: int = 0,
         error: tuple[str, str] | None = None, status: str | None = None,
+        errors: Sequence[tuple[str, str]] = (),
     ) -> Job:
-        """Add to a job's counters, append a per-file error, or set its status."""
+        """Add to a job's counters, append per-file errors, or set its status."""
         with self._session() as s:
             row = s.get(JobRow, job_id)
             if row is None:
@@ -336,8 +377,9 @@ class Catalog:
             row.files_skipped += skipped
             row.files_failed += failed
             row.chunks_written += chunks
-            if error is not None:
-                row.errors = [*row.errors, {"file": error[0], "error": error[1]}]
+            added = [*errors, *([error] if error is not None else [])]
+            if added:
+                row.errors = [*row.errors, *({"file": f, "error": e} for f, e in added)]
             if status is not None:
                 row.status = status
             s.flush()

@@ -1,0 +1,193 @@
+"""Ingestion speed and retrieval quality, ours against the bare model and two peer pipelines,
+side by side in one run on the ../shared/data sets.
+
+    .venv/bin/python -m bench.retrieval                          # squad, cmrc, scifact
+    .venv/bin/python -m bench.retrieval --datasets squad-v2-dev --limit 300
+
+Per dataset:
+1. our pipeline ingests every passage (one ``<id>.txt`` document each) with the default
+   settings: chunks/s and passages/s;
+2. the bare model: ``SentenceTransformer.encode`` of exactly our chunk texts (the limit);
+3. LangChain's and Haystack's default pipelines (``bench/peers.py``, in ``.venv/bench-peers``,
+   built on first use) ingest the same passages with the same model folder;
+4. the same sampled questions (answerable ones, fixed seed) go to every pipeline: recall@1/5/10,
+   MRR@10, nDCG@10 of the gold passages, for dense, keyword and hybrid retrieval.
+
+Writes ``bench/results/retrieval.json`` (merged by dataset) and ``retrieval.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rag.evaluation import (
+    Dataset,
+    load_dataset,
+    rank_passages,
+    retrieval_metrics,
+    write_passages,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "bench" / "results"
+PEERS_VENV = ROOT / ".venv" / "bench-peers"
+PEER_PACKAGES = ["haystack-ai>=3.4,<3.4.1", "langchain", "langchain-community",
+                 "langchain-huggingface", "langchain-text-splitters", "faiss-cpu", "rank-bm25",
+                 "sentence-transformers"]
+KS = (1, 5, 10)
+
+def peers_python() -> Path:
+    """The peers' own virtualenv (LangChain and Haystack are not our dependencies)."""
+    python = PEERS_VENV / "bin" / "python"
+    if not (PEERS_VENV / ".installed").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
+        torch = "torch==" + __import__("torch").__version__.split("+")[0]
+        subprocess.run([str(python), "-m", "pip", "install", "-q", torch], check=True)
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as c:
+            c.write(torch + "\n")
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", c.name, *PEER_PACKAGES],
+                       check=True)
+        (PEERS_VENV / ".installed").touch()
+    return python
+
+def ours(dataset: Dataset, questions: list[Any], work: Path) -> dict[str, Any]:
+    from rag.engine import RAG
+    from rag.settings import Settings
+
+    rag = RAG.from_settings(Settings(data_dir=work / "data", _env_file=None))
+    try:
+        rag.embedder.warm_up()  # type: ignore[attr-defined]
+        rag.create_kb("bench")
+        paths = write_passages(dataset, work / "docs")
+        start = time.perf_counter()
+        report = rag.ingest(paths, kb="bench")
+        seconds = time.perf_counter() - start
+        texts = [c.text for d in rag.list_documents("bench", limit=10**6)
+                 for c in rag.catalog.list_chunks(d.id, 0, 10**6)]
+        model = rag.embedder.model  # type: ignore[attr-defined]
+        start = time.perf_counter()
+        model.encode(texts, batch_size=rag.settings.embedding.batch_size,
+                     normalize_embeddings=True, show_progress_bar=False)
+        bare_seconds = time.perf_counter() - start
+        runs: dict[str, dict[str, Any]] = {}
+        for mode in ("dense", "keyword", "hybrid"):
+            rankings, times = [], []
+            for q in questions:
+                ranked, ms = rank_passages(rag, "bench", q.question, mode, 10)
+                rankings.append(ranked)
+                times.append(ms)
+            times.sort()
+            runs[mode] = {**retrieval_metrics(rankings, [set(q.gold) for q in questions], KS),
+                          "p50_ms": round(times[len(times) // 2], 2)}
+        return {"chunks": report.chunks_written, "ingest_seconds": round(seconds, 2),
+                "bare_encode_seconds": round(bare_seconds, 2), "modes": runs,
+                "default_mode": rag.settings.retrieval.mode}
+    finally:
+        rag.close()
+
+def peers(dataset: Dataset, questions: list[Any], work: Path) -> dict[str, Any]:
+    from ingest.embedding import default_model_path
+
+    qfile = work / "questions.json"
+    qfile.write_text(json.dumps([{"id": q.id, "question": q.question} for q in questions]),
+                     encoding="utf-8")
+    proc = subprocess.run(
+        [str(peers_python()), "-m", "bench.peers", str(dataset.path), str(qfile),
+         str(default_model_path())],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"peer pipelines failed:\n{proc.stderr[-3000:]}")
+    raw = json.loads(proc.stdout)
+    golds = [set(q.gold) for q in questions]
+    out = {}
+    for name, result in raw.items():
+        out[name] = {"chunks": result["chunks"], "ingest_seconds": result["ingest_seconds"],
+                     "modes": {mode: retrieval_metrics(r, golds, KS)
+                               for mode, r in result["rankings"].items()}}
+    return out
+
+def run_dataset(name: str, limit: int, seed: int) -> dict[str, Any]:
+    dataset = load_dataset(DATA / name)
+    questions = dataset.sample(limit, seed)
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+        work = Path(tmp)
+        print(f"[{name}] ours: ingesting {len(dataset.passages)} passages", flush=True)
+        mine = ours(dataset, questions, work)
+        print(f"[{name}] peers", flush=True)
+        others = peers(dataset, questions, work)
+    n = len(dataset.passages)
+    rows: dict[str, Any] = {
+        "passages": n, "questions": len(questions), "seed": seed,
+        "ingest": {
+            "ours": {"chunks": mine["chunks"], "seconds": mine["ingest_seconds"],
+                     "chunks_per_s": round(mine["chunks"] / mine["ingest_seconds"], 2),
+                     "passages_per_s": round(n / mine["ingest_seconds"], 2)},
+            "bare_encode_of_our_chunks": {
+                "chunks": mine["chunks"], "seconds": mine["bare_encode_seconds"],
+                "chunks_per_s": round(mine["chunks"] / mine["bare_encode_seconds"], 2)},
+            **{p: {"chunks": r["chunks"], "seconds": r["ingest_seconds"],
+                   "chunks_per_s": round(r["chunks"] / r["ingest_seconds"], 2),
+                   "passages_per_s": round(n / r["ingest_seconds"], 2)}
+               for p, r in others.items()},
+        },
+        "retrieval": {"ours": mine["modes"], **{p: r["modes"] for p, r in others.items()}},
+        "default_mode": mine["default_mode"],
+    }
+    rows["ingest"]["ours"]["ratio_to_bare"] = round(
+        mine["bare_encode_seconds"] / mine["ingest_seconds"], 3)
+    return rows
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["datasets"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        r = results["datasets"][name]["retrieval"]
+        labels, values = [], []
+        for system, modes in r.items():
+            for mode, m in modes.items():
+                labels.append(f"{system}\n{mode}")
+                values.append(m["ndcg@10"])
+        colors = ["#2f6fec" if lab.startswith("ours") else "#9aa4b2" for lab in labels]
+        ax.bar(range(len(values)), values, color=colors)
+        ax.set_xticks(range(len(values)), labels, fontsize=6.5, rotation=90)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{name}: nDCG@10")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default="squad-v2-dev,cmrc2018-dev,scifact-test")
+    parser.add_argument("--limit", type=int, default=1000, help="questions sampled per set")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_path = RESULTS / "retrieval.json"
+    results: dict[str, Any] = (json.loads(out_path.read_text()) if out_path.exists()
+                               else {"datasets": {}})
+    results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
+    for name in args.datasets.split(","):
+        results["datasets"][name] = run_dataset(name, args.limit, args.seed)
+        print(json.dumps(results["datasets"][name], indent=1), flush=True)
+        out_path.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+        plot(results, RESULTS / "retrieval.png")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Reranking with a sentence-transformers CrossEncoder: a tiny random one built in the test
+(real loading and scoring code; the order it gives is checked against its own scores)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rag.engine import RAG
+from rag.rerank import CrossEncoderReranker
+from stores.errors import InvalidInput, ModelUnavailable
+from tests.conftest import SAMPLES, make_settings
+from tests.helpers import ExtractiveGenerator, HashEmbedder
+from tests.tiny_llm import build_tiny_cross_encoder
+
+
+@pytest.fixture(scope="module")
+def cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("cross-encoder"))
+
+
+def make_rag(tmp_path: Path, **retrieval: object) -> RAG:
+    settings = make_settings(tmp_path, retrieval={"min_score": -1.0, **retrieval})
+    rag = RAG(settings, generator=ExtractiveGenerator(), embedder=HashEmbedder())
+    rag.ingest([p for p in SAMPLES.iterdir() if p.suffix in (".md", ".html")])
+    return rag
+
+
+def test_reranker_orders_the_candidates_by_its_scores(tmp_path: Path, cross_encoder: Path
+                                                      ) -> None:
+    rag = make_rag(tmp_path, rerank_model=str(cross_encoder), rerank_candidates=6)
+    question = "How much is an adult ticket at the observatory?"
+    first_stage = rag.search(question, top_k=6, rerank=False).passages
+    reranked = rag.search(question, top_k=3).passages
+    assert len(first_stage) == 6 and len(reranked) == 3
+    # Scored independently with the same model: the reranked list is its top 3, in order.
+    scores = CrossEncoderReranker(str(cross_encoder)).scores(question,
+                                                             [p.text for p in first_stage])
+    expected = [p.chunk_id for _, p in sorted(zip(scores, first_stage, strict=True),
+                                              key=lambda sp: -sp[0])][:3]
+    assert [p.chunk_id for p in reranked] == expected
+    assert all(p.rerank_score == p.score for p in reranked)
+    assert [p.score for p in reranked] == sorted((p.score for p in reranked), reverse=True)
+    assert all(p.rerank_score is None for p in first_stage)
+    # The answer path reranks too: it cites from the reranked passages.
+    answer = rag.ask(question, top_k=3)
+    assert {p.chunk_id for p in answer.passages} <= set(expected)
+    rag.close()
+
+
+def test_rerank_needs_a_model(tmp_path: Path) -> None:
+    rag = make_rag(tmp_path)
+    with pytest.raises(InvalidInput, match="RERANK_MODEL"):
+        rag.search("tickets", rerank=True)
+    assert rag.search("tickets").passages  # no model, no reranking: still retrieves
+    rag.close()
+
+
+def test_missing_rerank_model_is_a_clear_error(tmp_path: Path) -> None:
+    rag = make_rag(tmp_path, rerank_model=str(tmp_path / "no-such-model"))
+    with pytest.raises(ModelUnavailable, match="RAG_RETRIEVAL__RERANK_MODEL"):
+        rag.search("tickets")
+    rag.close()
