@@ -191,19 +191,9 @@ class Catalog:
             )
             return [_doc(r) for r in s.scalars(q).all()]
 
-    def begin_document(
-        self, doc_id: str, kb_id: int, name: str, source: str, mime_type: str, size: int
-    ) -> Document:
-        """Mark a document as being (re)indexed. Its previous chunks stay until ``finish``."""
-        with self._session() as s:
-            row = _get_or_add_document(s, doc_id, kb_id, name, source, mime_type, size)
-            row.status, row.error = DOC_INDEXING, None
-            s.flush()
-            return _doc(row)
-
     def begin_documents(self, docs: Sequence[tuple[str, int, str, str, str, int]]) -> None:
-        """``begin_document`` for several documents ``(id, kb_id, name, source, mime, size)``
-        in one transaction."""
+        """Mark documents ``(id, kb_id, name, source, mime, size)`` as being (re)indexed, in one
+        transaction. Their previous chunks stay until ``finish_documents``."""
         with self._session() as s:
             for doc_id, kb_id, name, source, mime_type, size in docs:
                 row = _get_or_add_document(s, doc_id, kb_id, name, source, mime_type, size)
@@ -212,8 +202,8 @@ class Catalog:
     def finish_documents(
         self, docs: Sequence[tuple[str, str, str, int, dict[str, Any], Sequence[ChunkInfo]]]
     ) -> None:
-        """``finish_document`` for several documents ``(id, sha256, mime, size, metadata,
-        chunks)`` in one transaction: all are indexed together, or none is."""
+        """Replace the chunks of documents ``(id, sha256, mime, size, metadata, chunks)`` and mark
+        them indexed, in one transaction: all are indexed together, or none is."""
         with self._session() as s:
             ids = [d[0] for d in docs]
             rows = {r.id: r for r in s.scalars(select(DocumentRow).where(DocumentRow.id.in_(ids)))}
@@ -230,33 +220,6 @@ class Catalog:
                 row = rows[doc_id]
                 row.sha256, row.mime_type, row.size, row.meta = sha256, mime_type, size, metadata
                 row.status, row.error, row.chunk_count = DOC_INDEXED, None, len(chunks)
-
-    def finish_document(
-        self,
-        doc_id: str,
-        sha256: str,
-        mime_type: str,
-        size: int,
-        metadata: dict[str, Any],
-        chunks: Sequence[ChunkInfo],
-    ) -> Document:
-        """Replace the document's chunks and mark it indexed, in one transaction."""
-        with self._session() as s:
-            row = s.get(DocumentRow, doc_id)
-            if row is None:
-                raise NotFound(f"document {doc_id!r} vanished while it was being indexed")
-            s.query(ChunkRow).filter(ChunkRow.document_id == doc_id).delete()
-            s.add_all(
-                ChunkRow(
-                    id=c.id, document_id=doc_id, ordinal=c.ordinal, text=c.text, start=c.start,
-                    end=c.end, page=c.page, token_count=c.token_count,
-                )
-                for c in chunks
-            )
-            row.sha256, row.mime_type, row.size, row.meta = sha256, mime_type, size, metadata
-            row.status, row.error, row.chunk_count = DOC_INDEXED, None, len(chunks)
-            s.flush()
-            return _doc(row)
 
     def fail_document(
         self, doc_id: str, kb_id: int, name: str, source: str, mime_type: str, size: int,
@@ -310,8 +273,7 @@ class Catalog:
         return out
 
     def chunk_ids(self, doc_id: str) -> list[str]:
-        with self._session() as s:
-            return list(s.scalars(select(ChunkRow.id).where(ChunkRow.document_id == doc_id)))
+        return self.chunk_ids_of([doc_id])[doc_id]
 
     def kb_chunk_ids(self, kb_id: int) -> list[str]:
         """Every chunk id the catalog records for a knowledge base, sorted."""

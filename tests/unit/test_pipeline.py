@@ -136,7 +136,7 @@ def test_crash_mid_document_is_reconciled_on_restart(
     kb = rag.get_kb("default")
     doc = next(d for d in rag.list_documents() if d.name == "绿茶与红茶.md")
     # simulate a crash after vectors were written but before the catalog commit
-    rag.catalog.begin_document(doc.id, kb.id, doc.name, doc.source, doc.mime_type, doc.size)
+    rag.catalog.begin_documents([(doc.id, kb.id, doc.name, doc.source, doc.mime_type, doc.size)])
     rag.close()
     restarted = RAG(settings, ExtractiveGenerator(), HashEmbedder())
     restarted.indexes(restarted.get_kb("default"))  # opening reconciles
