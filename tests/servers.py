@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -108,3 +110,28 @@ def blackhole() -> Iterator[int]:
 
 def python() -> str:
     return sys.executable
+
+
+def http_ready(url: str) -> Callable[[], bool]:
+    """A ``ready`` check for ``serve``: ``url`` answers with a 2xx status."""
+
+    def ready() -> bool:
+        try:
+            return httpx.get(url, timeout=1).is_success
+        except httpx.HTTPError:
+            return False
+
+    return ready
+
+
+@contextlib.contextmanager
+def serve_api(name: str, data: Path, env: dict[str, str], timeout: float = 120.0
+              ) -> Iterator[str]:
+    """Our API in a uvicorn process with its data in ``data``; yields its base URL."""
+    port = free_port()
+    env = {"PYTHONPATH": str(REPO), "RAG_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1", **env}
+    with serve(name, [python(), "-m", "uvicorn", "--factory", "api.app:app_factory", "--host",
+                      "127.0.0.1", "--port", str(port)], port, data,
+               ready=http_ready(f"http://127.0.0.1:{port}/healthz"), env=env, timeout=timeout):
+        yield f"http://127.0.0.1:{port}"
+

