@@ -4,7 +4,8 @@ virtualenv (``.venv/bench-peers``, see ``bench/retrieval.py``), print one JSON o
 - LangChain: RecursiveCharacterTextSplitter (800 characters, 100 overlap) +
   HuggingFaceEmbeddings + FAISS.from_documents; BM25Retriever (rank_bm25); hybrid = reciprocal
   rank fusion of the two (what EnsembleRetriever does, equal weights, c=60).
-- Haystack: DocumentSplitter (150 words) + SentenceTransformersDocumentEmbedder +
+- Haystack: DocumentSplitter (150 words) + SentenceTransformersDocumentEmbedder (from
+  sentence-transformers-haystack, where Haystack 3.4 moved it) +
   InMemoryDocumentStore; InMemoryBM25Retriever and InMemoryEmbeddingRetriever joined by
   DocumentJoiner(reciprocal_rank_fusion).
 
@@ -32,6 +33,8 @@ def load(dataset: Path, question_file: Path) -> tuple[list[dict[str, str]], list
 
 
 def text_of(p: dict[str, str]) -> str:
+    """``rag.evaluation.passage_document``, restated: this runs in the peers' virtualenv,
+    which cannot import our package."""
     title = (p.get("title") or "").strip()
     return f"{title}\n\n{p['text']}" if title else p["text"]
 
@@ -82,10 +85,6 @@ def langchain(passages: list[dict[str, str]], questions: list[dict[str, Any]], m
 def haystack(passages: list[dict[str, str]], questions: list[dict[str, Any]], model: str
              ) -> dict[str, Any]:
     from haystack import Document
-    from haystack.components.embedders import (
-        SentenceTransformersDocumentEmbedder,
-        SentenceTransformersTextEmbedder,
-    )
     from haystack.components.joiners import DocumentJoiner
     from haystack.components.preprocessors import DocumentSplitter
     from haystack.components.retrievers.in_memory import (
@@ -93,6 +92,10 @@ def haystack(passages: list[dict[str, str]], questions: list[dict[str, Any]], mo
         InMemoryEmbeddingRetriever,
     )
     from haystack.document_stores.in_memory import InMemoryDocumentStore
+    from haystack_integrations.components.embedders.sentence_transformers import (
+        SentenceTransformersDocumentEmbedder,
+        SentenceTransformersTextEmbedder,
+    )
 
     doc_embedder = SentenceTransformersDocumentEmbedder(model=model, progress_bar=False)
     text_embedder = SentenceTransformersTextEmbedder(model=model, progress_bar=False)

@@ -41,15 +41,17 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "results"
 PEERS_VENV = ROOT / ".venv" / "bench-peers"
-PEER_PACKAGES = ["haystack-ai>=3.4,<3.4.1", "langchain", "langchain-community",
-                 "langchain-huggingface", "langchain-text-splitters", "faiss-cpu", "rank-bm25",
-                 "sentence-transformers"]
+PEER_PACKAGES = ["haystack-ai>=3.4,<3.4.1", "sentence-transformers-haystack", "langchain",
+                 "langchain-community", "langchain-huggingface", "langchain-text-splitters",
+                 "faiss-cpu", "rank-bm25", "sentence-transformers"]
 KS = (1, 5, 10)
 
 def peers_python() -> Path:
     """The peers' own virtualenv (LangChain and Haystack are not our dependencies)."""
     python = PEERS_VENV / "bin" / "python"
-    if not (PEERS_VENV / ".installed").exists():
+    marker = PEERS_VENV / ".installed"
+    wanted = "\n".join(PEER_PACKAGES)
+    if not marker.exists() or marker.read_text() != wanted:  # new, or the list changed
         subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
         torch = "torch==" + __import__("torch").__version__.split("+")[0]
         subprocess.run([str(python), "-m", "pip", "install", "-q", torch], check=True)
@@ -57,7 +59,7 @@ def peers_python() -> Path:
             c.write(torch + "\n")
         subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", c.name, *PEER_PACKAGES],
                        check=True)
-        (PEERS_VENV / ".installed").touch()
+        marker.write_text(wanted)
     return python
 
 def ours(dataset: Dataset, questions: list[Any], work: Path) -> dict[str, Any]:
