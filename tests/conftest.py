@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,3 +55,28 @@ def smollm2_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rag.generation.models import smollm2_folder
 
     return smollm2_folder(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def mini_dataset(tmp_path: Path) -> Path:
+    """A three-passage dataset in the ../shared/data layout (one unanswerable question)."""
+    folder = tmp_path / "mini"
+    folder.mkdir()
+    passages = [
+        {"id": "p1", "title": "Observatory", "text": "An adult ticket costs 12 euros."},
+        {"id": "p2", "title": "Tea", "text": "西湖龙井产于浙江省杭州市，是绿茶。"},
+        {"id": "p3", "title": "Returns", "text": "Refunds are possible within 30 days."},
+    ]
+    questions = [
+        {"id": "q1", "question": "How much is an adult ticket?", "gold_passage_ids": ["p1"],
+         "answers": ["12 euros"]},
+        {"id": "q2", "question": "西湖龙井产于哪里？", "gold_passage_ids": ["p2"],
+         "answers": ["浙江省杭州市"]},
+        {"id": "q3", "question": "Within how many days are refunds possible?",
+         "gold_passage_ids": ["p3"], "answers": ["30 days"]},
+        {"id": "q4", "question": "Who built the pyramids?", "gold_passage_ids": [],
+         "answers": [], "is_impossible": True},
+    ]
+    (folder / "passages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
+    (folder / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    return folder

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -42,30 +41,8 @@ def test_answer_metrics_english_and_chinese() -> None:
     assert token_f1("", ["x"]) == 0.0
 
 
-def write_dataset(folder: Path) -> Path:
-    folder.mkdir()
-    passages = [
-        {"id": "p1", "title": "Observatory", "text": "An adult ticket costs 12 euros."},
-        {"id": "p2", "title": "Tea", "text": "西湖龙井产于浙江省杭州市，是绿茶。"},
-        {"id": "p3", "title": "Returns", "text": "Refunds are possible within 30 days."},
-    ]
-    questions = [
-        {"id": "q1", "question": "How much is an adult ticket?", "gold_passage_ids": ["p1"],
-         "answers": ["12 euros"]},
-        {"id": "q2", "question": "西湖龙井产于哪里？", "gold_passage_ids": ["p2"],
-         "answers": ["浙江省杭州市"]},
-        {"id": "q3", "question": "Within how many days are refunds possible?",
-         "gold_passage_ids": ["p3"], "answers": ["30 days"]},
-        {"id": "q4", "question": "Who built the pyramids?", "gold_passage_ids": [],
-         "answers": [], "is_impossible": True},
-    ]
-    (folder / "passages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
-    (folder / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
-    return folder
-
-
-def test_dataset_loading_and_sampling(tmp_path: Path) -> None:
-    ds = load_dataset(write_dataset(tmp_path / "mini"))
+def test_dataset_loading_and_sampling(tmp_path: Path, mini_dataset: Path) -> None:
+    ds = load_dataset(mini_dataset)
     assert [q.id for q in ds.sample(None)] == ["q1", "q2", "q3"]
     assert [q.id for q in ds.sample(None, answerable=False)] == ["q4"]
     assert ds.sample(2, seed=1) == ds.sample(2, seed=1) and len(ds.sample(2)) == 2
@@ -75,26 +52,3 @@ def test_dataset_loading_and_sampling(tmp_path: Path) -> None:
     (tmp_path / "bad" / "passages.jsonl").write_text("{not json\n")
     with pytest.raises(InvalidInput, match="line 1"):
         load_dataset(tmp_path / "bad")
-
-
-def test_rag_eval_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from typer.testing import CliRunner
-
-    from rag.cli import app
-
-    data = write_dataset(tmp_path / "mini")
-    monkeypatch.setenv("RAG_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    runner = CliRunner()
-    first = runner.invoke(app, ["eval", "--dataset", str(data), "--kb", "mini", "--mode",
-                                "keyword", "--k", "1,3", "--json"])
-    assert first.exit_code == 0, first.output
-    report = json.loads(first.output)
-    assert report["questions"] == 3 and report["mode"] == "keyword"
-    assert report["retrieval"]["recall@1"] == 1.0 and report["retrieval"]["mrr@10"] == 1.0
-    assert report["ingest"]["documents"] == 3 and not report["ingest"]["reused"]
-    again = runner.invoke(app, ["eval", "--dataset", str(data), "--kb", "mini"])
-    assert again.exit_code == 0, again.output
-    assert "recall@5" in again.output and "hybrid" in again.output
-    bad = runner.invoke(app, ["eval", "--dataset", str(data), "--kb", "mini", "--k", "x"])
-    assert bad.exit_code == 2 and "--k takes integers" in bad.output
