@@ -10,8 +10,8 @@ class ChunkingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    chunk_size: int = Field(200, ge=16, le=8192, description="maximum tokens per chunk")
-    chunk_overlap: int = Field(30, ge=0, description="tokens shared by neighbouring chunks")
+    chunk_size: int = Field(250, ge=16, le=8192, description="maximum tokens per chunk")
+    chunk_overlap: int = Field(25, ge=0, description="tokens shared by neighbouring chunks")
 
 
 class EmbeddingConfig(BaseModel):

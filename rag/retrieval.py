@@ -1,10 +1,14 @@
 """Retrieval: dense, keyword (BM25) or hybrid, resolved through the catalog.
 
-Hybrid fuses the two rankings by weighted reciprocal rank fusion. Each ranking first
-passes its own relevance gate (dense: cosine >= ``min_score``; keyword: the passage holds
-at least ``min_keyword_coverage`` of the query's terms), so an uninformative ranking adds
-nothing instead of pushing noise in; and a Chinese query on an English-only embedder gives
-the dense ranking a low weight.
+Hybrid fuses the two rankings by their scores (``fusion="score"``, the default): each
+score is divided by the best score of its ranking, and a passage's fused score is
+``dense_weight`` times its dense share plus the rest times its keyword share. Unlike rank
+fusion, a ranking whose scores are flat (an uninformative one) moves nothing much, and a
+clear keyword match is not pulled down by a middling dense rank. Reciprocal rank fusion is
+kept as ``fusion="rrf"``. A hybrid candidate must pass one of the relevance gates (dense:
+cosine >= ``min_score``; keyword: it holds ``min_keyword_coverage`` of the query's terms),
+so a question about nothing in the base finds nothing. A Chinese query on an English-only
+embedder lets the dense ranking only reorder what the keyword ranking found.
 """
 
 from __future__ import annotations
@@ -73,21 +77,22 @@ class Retriever:
         mode = mode or self.config.mode
         threshold = self.config.min_score if min_score is None else min_score
         pool = max(k, self.config.candidates)
-        dense: list[tuple[str, float]] = []
-        keyword: list[tuple[str, float]] = []
-        if mode in ("dense", "hybrid"):
+        if mode == "hybrid":
             vector = self.embedder.embed_query(query)
-            dense = [(h.id, h.score) for h in indexes.vectors.query(vector, pool, filter)
-                     if h.score >= threshold]
-        if mode in ("keyword", "hybrid"):
-            keyword = [(h.id, h.score) for h in indexes.keywords.search(query, pool, filter)
-                       if h.coverage >= self.config.min_keyword_coverage]
-        if mode == "dense":
-            ranked = [_Ranked(i, dense=s, fused=s) for i, s in dense]
-        elif mode == "keyword":
-            ranked = [_Ranked(i, keyword=s, fused=s) for i, s in keyword]
+            dense = [(h.id, h.score) for h in indexes.vectors.query(vector, pool, filter)]
+            hits = indexes.keywords.search(query, pool, filter)
+            covered = {h.id for h in hits if h.coverage >= self.config.min_keyword_coverage}
+            relevant = covered | {i for i, s in dense if s >= threshold}
+            ranked = [r for r in self._fuse(query, dense, [(h.id, h.score) for h in hits])
+                      if r.id in relevant]
+        elif mode == "dense":
+            vector = self.embedder.embed_query(query)
+            ranked = [_Ranked(h.id, dense=h.score, fused=h.score)
+                      for h in indexes.vectors.query(vector, pool, filter) if h.score >= threshold]
         else:
-            ranked = self._fuse(query, dense, keyword)
+            ranked = [_Ranked(h.id, keyword=h.score, fused=h.score)
+                      for h in indexes.keywords.search(query, pool, filter)
+                      if h.coverage >= self.config.min_keyword_coverage]
         if self.reranker is not None and rerank is not False:
             n = max(k, self.config.rerank_candidates)
             return self.reranker.rerank(query, self._resolve(kb, ranked[: n + 5])[:n], k)
@@ -96,21 +101,28 @@ class Retriever:
     def _fuse(
         self, query: str, dense: list[tuple[str, float]], keyword: list[tuple[str, float]]
     ) -> list[_Ranked]:
-        w_dense = 1.0
+        w_dense = self.config.dense_weight
         if has_cjk(query) and not is_multilingual(self.embedder.model_id):
             # An English-only embedder scores unrelated Chinese text as high as related text:
             # it may only reorder passages the keyword ranking found, never add its own.
             w_dense = self.config.cjk_dense_weight
             found = {cid for cid, _ in keyword}
             dense = [(cid, s) for cid, s in dense if cid in found]
-        c = self.config.rrf_k
         scores: dict[str, float] = {}
         dense_of = dict(dense)
         keyword_of = dict(keyword)
-        for rank, (cid, _) in enumerate(dense):
-            scores[cid] = scores.get(cid, 0.0) + w_dense / (c + rank + 1)
-        for rank, (cid, _) in enumerate(keyword):
-            scores[cid] = scores.get(cid, 0.0) + 1.0 / (c + rank + 1)
+        for weight, ranking in ((w_dense, dense), (1.0 - w_dense, keyword)):
+            if not ranking:
+                continue
+            if self.config.fusion == "rrf":
+                c = self.config.rrf_k
+                for rank, (cid, _) in enumerate(ranking):
+                    scores[cid] = scores.get(cid, 0.0) + weight / (c + rank + 1)
+            else:
+                best = ranking[0][1]
+                for cid, score in ranking:
+                    share = score / best if best > 0 else 0.0
+                    scores[cid] = scores.get(cid, 0.0) + weight * share
         order = sorted(scores, key=lambda cid: -scores[cid])
         return [_Ranked(cid, dense_of.get(cid), keyword_of.get(cid), scores[cid]) for cid in order]
 

@@ -30,8 +30,14 @@ class RetrievalConfig(BaseModel):
         0.3, ge=-1.0, le=1.0, description="dense hits below this cosine similarity are dropped"
     )
     min_keyword_coverage: float = Field(
-        0.5, ge=0.0, le=1.0, description="keyword hits must contain this share of query terms"
+        0.3, ge=0.0, le=1.0, description="keyword hits must contain this share of query terms"
     )
+    fusion: Literal["score", "rrf"] = Field(
+        "score", description="hybrid: score (weighted sum of max-normalised scores) or rrf "
+        "(weighted reciprocal rank fusion)")
+    dense_weight: float = Field(
+        0.3, ge=0.0, le=1.0, description="hybrid: the dense ranking's weight; the keyword "
+        "ranking gets the rest")
     rrf_k: int = Field(60, ge=1, description="reciprocal rank fusion constant")
     rerank_model: str | None = Field(
         None, description="a sentence-transformers CrossEncoder (local folder or hub id) that "
@@ -40,7 +46,7 @@ class RetrievalConfig(BaseModel):
     rerank_device: str = Field("auto", description="auto, cpu, cuda")
     cjk_dense_weight: float = Field(
         0.3, ge=0.0, le=1.0,
-        description="dense ranking's weight for Chinese queries when the embedder is "
+        description="dense_weight for Chinese queries when the embedder is "
         "English-only (all-MiniLM-L6-v2 barely ranks Chinese text)",
     )
 

@@ -21,7 +21,9 @@ def cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_rag(tmp_path: Path, **retrieval: object) -> RAG:
-    settings = make_settings(tmp_path, retrieval={"min_score": -1.0, **retrieval})
+    # Small chunks, so the samples give the reranker more candidates than it keeps.
+    settings = make_settings(tmp_path, retrieval={"min_score": -1.0, **retrieval},
+                             chunking={"chunk_size": 120, "chunk_overlap": 10})
     rag = RAG(settings, generator=ExtractiveGenerator(), embedder=HashEmbedder())
     rag.ingest([p for p in SAMPLES.iterdir() if p.suffix in (".md", ".html")])
     return rag
