@@ -3,8 +3,8 @@
 Hybrid fuses the two rankings by their scores (``fusion="score"``, the default): each
 score is divided by the best score of its ranking, and a passage's fused score is
 ``dense_weight`` times its dense share plus the rest times its keyword share. Unlike rank
-fusion, a ranking whose scores are flat (an uninformative one) moves nothing much, and a
-clear keyword match is not pulled down by a middling dense rank. Reciprocal rank fusion is
+fusion, the size of a lead counts: a clear BM25 match keeps its place when the dense
+ranking only barely prefers another passage. Reciprocal rank fusion is
 kept as ``fusion="rrf"``. A hybrid candidate must pass one of the relevance gates (dense:
 cosine >= ``min_score``; keyword: it holds ``min_keyword_coverage`` of the query's terms),
 so a question about nothing in the base finds nothing. A Chinese query on an English-only
