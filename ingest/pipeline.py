@@ -121,6 +121,24 @@ def chunk_id(doc_id: str, chunk: Chunk) -> str:
     return hashlib.sha256(f"{doc_id}\0{chunk.ordinal}\0{chunk.text}".encode()).hexdigest()[:32]
 
 
+def model_family(model_id: str) -> str:
+    """A model's name without its folder or backend tag: ``/x/all-MiniLM-L6-v2`` and
+    ``sentence-transformers/all-MiniLM-L6-v2`` are one model; ONNX runs keep the id."""
+    return model_id.split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1].lower()
+
+
+def check_embedder(kb: KnowledgeBase, embedder: Embedder) -> None:
+    """Vectors of one knowledge base come from one model: another model's vectors (even of
+    the same size) would be compared with them as if they meant the same."""
+    if embedder.dim != kb.embedding_dim or (
+            model_family(embedder.model_id) != model_family(kb.embedding_model)):
+        raise DimensionMismatch(
+            f"knowledge base {kb.name!r} holds {kb.embedding_dim}-d vectors from "
+            f"{kb.embedding_model}, but the configured embedder is {embedder.model_id} "
+            f"({embedder.dim}-d); configure the same model or create a new knowledge base"
+        )
+
+
 class IngestPipeline:
     """Ingests files into one knowledge base's indexes and records them in the catalog."""
 
@@ -149,12 +167,7 @@ class IngestPipeline:
             job_id: a job created beforehand (the API returns it before ingestion starts);
                 by default a new one is recorded.
         """
-        if self.embedder.dim != kb.embedding_dim:
-            raise DimensionMismatch(
-                f"knowledge base {kb.name!r} holds {kb.embedding_dim}-d vectors from "
-                f"{kb.embedding_model}, but the configured embedder makes {self.embedder.dim}-d "
-                "vectors; configure the same model or create a new knowledge base"
-            )
+        check_embedder(kb, self.embedder)
         files = list(expand_paths(paths))
         if job_id is None:
             job = self.catalog.create_job("ingest", kb.id, len(files))

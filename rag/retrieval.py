@@ -18,7 +18,7 @@ from typing import Literal
 
 from ingest.catalog import Catalog, KnowledgeBase
 from ingest.embedding import Embedder
-from ingest.pipeline import Indexes
+from ingest.pipeline import Indexes, check_embedder
 from rag.rerank import CrossEncoderReranker
 from rag.settings import RetrievalConfig
 from rag.types import Passage
@@ -75,6 +75,8 @@ class Retriever:
         if k < 1:
             raise InvalidInput("top_k must be at least 1")
         mode = mode or self.config.mode
+        if mode != "keyword":
+            check_embedder(kb, self.embedder)
         threshold = self.config.min_score if min_score is None else min_score
         pool = max(k, self.config.candidates)
         if mode == "hybrid":

