@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import warnings
@@ -90,8 +91,14 @@ class OnnxEmbedder(SentenceTransformerEmbedder):
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 
                 tmp = folder / f".model-int8.{os.getpid()}.onnx"
-                quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8,
-                                 per_channel=True, reduce_range=True)
+                root = logging.getLogger()
+                level = root.level
+                root.setLevel(logging.ERROR)  # its advice to pre-process is for image models
+                try:
+                    quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8,
+                                     per_channel=True, reduce_range=True)
+                finally:
+                    root.setLevel(level)
                 tmp.replace(target)
         except ModelUnavailable:
             raise

@@ -37,6 +37,7 @@ from stores.keyword import KeywordIndex
 
 ADDED, REPLACED, UNCHANGED, FAILED = "added", "replaced", "unchanged", "failed"
 _GROUP_CHUNKS = 1024  # chunks embedded together: length-sorted batches waste less on padding
+_FIRST_GROUP_CHUNKS = 64  # the first group: the model starts after a few files
 
 
 @dataclass
@@ -193,7 +194,10 @@ class IngestPipeline:
 
         # Embedding a group runs in a worker thread while this thread reads and chunks the
         # next files and writes the previous group: the model, the slow part, never waits.
+        # The first groups are small, so the model starts within a few files instead of
+        # waiting for a full group to be read and chunked; later ones grow to _GROUP_CHUNKS.
         group: list[_Prepared] = []
+        group_limit = _FIRST_GROUP_CHUNKS
         pending: tuple[list[_Prepared], Future[np.ndarray]] | None = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-embed") as pool:
 
@@ -217,9 +221,10 @@ class IngestPipeline:
                         emit(outcome)
                         continue
                     group.append(outcome)
-                    if sum(len(p.chunks) for p in group) >= _GROUP_CHUNKS:
+                    if sum(len(p.chunks) for p in group) >= group_limit:
                         submit(group)
                         group = []
+                        group_limit = min(group_limit * 2, _GROUP_CHUNKS)
                 if group:
                     submit(group)
                 if pending is not None:
