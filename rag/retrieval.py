@@ -13,6 +13,7 @@ embedder lets the dense ranking only reorder what the keyword ranking found.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,6 +52,7 @@ class Retriever:
         self.catalog = catalog
         self.embedder = embedder
         self.config = config
+        self._side = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rag-bm25")
         self.reranker = (CrossEncoderReranker(config.rerank_model, config.rerank_device)
                          if config.rerank_model else None)
 
@@ -80,9 +82,11 @@ class Retriever:
         threshold = self.config.min_score if min_score is None else min_score
         pool = max(k, self.config.candidates)
         if mode == "hybrid":
+            # BM25 runs while the model embeds the query: hybrid costs about what dense does.
+            keyword_hits = self._side.submit(indexes.keywords.search, query, pool, filter)
             vector = self.embedder.embed_query(query)
             dense = [(h.id, h.score) for h in indexes.vectors.query(vector, pool, filter)]
-            hits = indexes.keywords.search(query, pool, filter)
+            hits = keyword_hits.result()
             covered = {h.id for h in hits if h.coverage >= self.config.min_keyword_coverage}
             relevant = covered | {i for i, s in dense if s >= threshold}
             ranked = [r for r in self._fuse(query, dense, [(h.id, h.score) for h in hits])
