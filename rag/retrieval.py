@@ -8,7 +8,9 @@ ranking only barely prefers another passage. Reciprocal rank fusion is
 kept as ``fusion="rrf"``. A hybrid candidate must pass one of the relevance gates (dense:
 cosine >= ``min_score``; keyword: it holds ``min_keyword_coverage`` of the query's terms),
 so a question about nothing in the base finds nothing. A Chinese query on an English-only
-embedder lets the dense ranking only reorder what the keyword ranking found.
+embedder gets ``cjk_dense_weight`` (0 by default: hybrid is then BM25, as MiniLM's ranking of
+Chinese text is noise; cmrc2018-dev, 1,000 questions: dense recall@5 0.420, BM25 0.995, fused
+at 0.3 0.994), and the dense ranking may only reorder what the keyword ranking found.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ class Retriever:
         if k < 1:
             raise InvalidInput("top_k must be at least 1")
         mode = mode or self.config.mode
+        if mode == "hybrid" and self._dense_weight(query) == 0.0:
+            mode = "keyword"  # the dense ranking would count for nothing: skip the model
         if mode != "keyword":
             check_embedder(kb, self.embedder)
         threshold = self.config.min_score if min_score is None else min_score
@@ -107,11 +111,10 @@ class Retriever:
     def _fuse(
         self, query: str, dense: list[tuple[str, float]], keyword: list[tuple[str, float]]
     ) -> list[_Ranked]:
-        w_dense = self.config.dense_weight
-        if has_cjk(query) and not is_multilingual(self.embedder.model_id):
+        w_dense = self._dense_weight(query)
+        if self._english_only_on_cjk(query):
             # An English-only embedder scores unrelated Chinese text as high as related text:
             # it may only reorder passages the keyword ranking found, never add its own.
-            w_dense = self.config.cjk_dense_weight
             found = {cid for cid, _ in keyword}
             dense = [(cid, s) for cid, s in dense if cid in found]
         scores: dict[str, float] = {}
@@ -131,6 +134,14 @@ class Retriever:
                     scores[cid] = scores.get(cid, 0.0) + weight * share
         order = sorted(scores, key=lambda cid: -scores[cid])
         return [_Ranked(cid, dense_of.get(cid), keyword_of.get(cid), scores[cid]) for cid in order]
+
+    def _english_only_on_cjk(self, query: str) -> bool:
+        return has_cjk(query) and not is_multilingual(self.embedder.model_id)
+
+    def _dense_weight(self, query: str) -> float:
+        if self._english_only_on_cjk(query):
+            return self.config.cjk_dense_weight
+        return self.config.dense_weight
 
     def _resolve(self, kb: KnowledgeBase, ranked: list[_Ranked]) -> list[Passage]:
         """Keep hits whose chunk the catalog records (chunk rows exist only for committed

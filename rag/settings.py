@@ -45,9 +45,9 @@ class RetrievalConfig(BaseModel):
     rerank_candidates: int = Field(20, ge=1, le=200, description="passages given to the reranker")
     rerank_device: str = Field("auto", description="auto, cpu, cuda")
     cjk_dense_weight: float = Field(
-        0.3, ge=0.0, le=1.0,
-        description="dense_weight for Chinese queries when the embedder is "
-        "English-only (all-MiniLM-L6-v2 barely ranks Chinese text)",
+        0.0, ge=0.0, le=1.0,
+        description="dense_weight for Chinese queries when the embedder is English-only "
+        "(all-MiniLM-L6-v2 barely ranks Chinese text); 0: such queries use BM25 alone",
     )
 
 

