@@ -66,7 +66,9 @@ def load(url: str, path: str, bodies: list[dict[str, Any]], clients: int
                         errors.append(f"{r.status_code}: {r.text[:200]}")
                         continue
                     latencies.append(ms)
-                    server_ms.append(float(r.json()["timings"]["retrieval_ms"]))
+                    payload = r.json()
+                    payload = payload.get("answer", payload)  # /ask wraps the answer
+                    server_ms.append(float(payload["timings"]["retrieval_ms"]))
 
     start = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(clients)]
