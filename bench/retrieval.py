@@ -181,6 +181,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         labels, values = [], []
         for system, modes in r.items():
             for mode, m in modes.items():
+                if not isinstance(m, dict):  # the from_an_earlier_run marker
+                    continue
                 labels.append(f"{system}\n{mode}")
                 values.append(m["ndcg@10"])
         colors = ["#2f6fec" if lab.startswith("ours") else "#9aa4b2" for lab in labels]
