@@ -34,6 +34,8 @@ class EmbeddingConfig(BaseModel):
     batch_size: int | None = Field(
         None, ge=1, le=4096, description="texts per forward pass; empty: 16 on CPU (short "
         "batches run faster on few cores), 128 on GPU")
+    precision: Literal["auto", "float32", "float16"] = Field(
+        "auto", description="auto: float16 on a GPU, float32 on CPU (torch backend)")
     query_prefix: str = Field("", description="prepended to queries (e5: 'query: ')")
     document_prefix: str = Field("", description="prepended to chunks (e5: 'passage: ')")
 
@@ -41,6 +43,11 @@ class EmbeddingConfig(BaseModel):
         if self.batch_size is not None:
             return self.batch_size
         return 16 if device == "cpu" else 128
+
+    def resolved_precision(self, device: str) -> str:
+        if self.precision != "auto":
+            return self.precision
+        return "float32" if device == "cpu" else "float16"
 
 
 class IngestConfig(BaseModel):

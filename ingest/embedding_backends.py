@@ -44,7 +44,8 @@ class OnnxEmbedder(SentenceTransformerEmbedder):
     """A sentence-transformers model run by onnxruntime (exported on first use)."""
 
     def __init__(self, config: EmbeddingConfig, cache_dir: Path) -> None:
-        super().__init__(config)
+        # onnxruntime runs on CPU here: the torch model it is exported from stays there, fp32.
+        super().__init__(config.model_copy(update={"device": "cpu", "precision": "float32"}))
         self.cache_dir = Path(cache_dir)
         self._session: Any = None
         self._inputs: list[str] = []
@@ -107,38 +108,22 @@ class OnnxEmbedder(SentenceTransformerEmbedder):
                                    "RAG_EMBEDDING__BACKEND=torch for this model") from exc
         return target
 
-    def embed_documents(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        prefix = self.config.document_prefix
-        return self._encode([prefix + t for t in texts] if prefix else texts)
-
-    def embed_query(self, text: str) -> np.ndarray:
-        return self._encode([self.config.query_prefix + text])[0]
-
     def _encode(self, texts: list[str]) -> np.ndarray:
+        """One batch, on the model thread."""
         if self._session is None:
             self.warm_up()
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        size = self.config.resolved_batch_size("cpu")
-        tokenizer = self._model.tokenizer
-        for start in range(0, len(order), size):
-            idx = order[start:start + size]
-            with self._lock:  # the Rust tokenizer is not shared across threads safely
-                enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                max_length=self._max_length, return_tensors="np")
-            feed = {name: enc[name].astype(np.int64) for name in self._inputs}
-            hidden = self._session.run(None, feed)[0]
-            if self._pooling == "cls":
-                vecs = hidden[:, 0]
-            else:
-                mask = enc["attention_mask"][..., None].astype(np.float32)
-                vecs = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
-            if self._normalize:
-                vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-            out[idx] = vecs
-        return out
+        enc = self._model.tokenizer(texts, padding=True, truncation=True,
+                                    max_length=self._max_length, return_tensors="np")
+        feed = {name: enc[name].astype(np.int64) for name in self._inputs}
+        hidden = self._session.run(None, feed)[0]
+        if self._pooling == "cls":
+            vecs = hidden[:, 0]
+        else:
+            mask = enc["attention_mask"][..., None].astype(np.float32)
+            vecs = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+        if self._normalize:
+            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        return np.asarray(vecs, dtype=np.float32)
 
 
 def _pooling_of(st: Any) -> tuple[str, bool]:

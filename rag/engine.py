@@ -64,6 +64,7 @@ class RAG:
         self.data_dir = settings.resolved_data_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.catalog = Catalog(settings.catalog_url)
+        self._owns_embedder = embedder is None
         self.embedder: Embedder = embedder or make_embedder(settings.embedding,
                                                             self.data_dir / "models")
         self.pipeline = IngestPipeline(self.catalog, self.embedder, settings.ingest)
@@ -95,8 +96,8 @@ class RAG:
             self.settings.chunking.model_dump(), description,
         )
 
-    def get_kb(self, name: str) -> KnowledgeBase:
-        return self.catalog.get_kb(name)
+    def get_kb(self, name: str, counts: bool = True) -> KnowledgeBase:
+        return self.catalog.get_kb(name, counts)
 
     def list_kbs(self) -> list[KnowledgeBase]:
         return self.catalog.list_kbs()
@@ -231,7 +232,7 @@ class RAG:
     def search(self, query: str, kb: str | None = None, top_k: int | None = None,
                mode: Mode | None = None, min_score: float | None = None,
                filter: Filter | None = None, *, rerank: bool | None = None) -> SearchResult:
-        base = self.catalog.get_kb(kb or self.settings.default_kb)
+        base = self.catalog.get_kb(kb or self.settings.default_kb, counts=False)
         start = time.perf_counter()
         passages = self.retriever.search(base, self.indexes(base), query, top_k, mode,
                                          min_score, filter, rerank)
@@ -307,3 +308,6 @@ class RAG:
                 indexes.keywords.close()
             self._indexes.clear()
         self.catalog.close()
+        close_embedder = getattr(self.embedder, "close", None)
+        if self._owns_embedder and close_embedder is not None:
+            close_embedder()  # its model thread; a given embedder is its owner's to close

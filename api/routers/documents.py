@@ -56,13 +56,13 @@ def list_documents(kb: str, rag: RagDep, caller: CallerDep,
 @router.get("/{doc_id}")
 def get_document(kb: str, doc_id: str, rag: RagDep, caller: CallerDep) -> dict[str, Any]:
     caller.check_kb(kb)
-    return plain(rag.catalog.get_document(rag.get_kb(kb).id, doc_id))
+    return plain(rag.catalog.get_document(rag.get_kb(kb, counts=False).id, doc_id))
 
 
 @router.delete("/{doc_id}")
 def delete_document(kb: str, doc_id: str, rag: RagDep, caller: CallerDep) -> dict[str, Any]:
     caller.check_kb(kb)
-    rag.catalog.get_document(rag.get_kb(kb).id, doc_id)  # 404 for an unknown id
+    rag.catalog.get_document(rag.get_kb(kb, counts=False).id, doc_id)  # 404 for an unknown id
     return plain(rag.delete_document(doc_id, kb))
 
 
@@ -71,6 +71,6 @@ def list_chunks(kb: str, doc_id: str, rag: RagDep, caller: CallerDep,
                 offset: Annotated[int, Query(ge=0)] = 0,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     caller.check_kb(kb)
-    rag.catalog.get_document(rag.get_kb(kb).id, doc_id)
+    rag.catalog.get_document(rag.get_kb(kb, counts=False).id, doc_id)
     return {"chunks": plain(rag.catalog.list_chunks(doc_id, offset, limit)),
             "offset": offset, "limit": limit}

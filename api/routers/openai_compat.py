@@ -76,7 +76,7 @@ def _usage(answer: Answer) -> dict[str, int]:
 async def chat_completions(body: ChatRequest, rag: RagDep, caller: CallerDep,
                            request: Request) -> dict[str, Any] | StreamingResponse:
     caller.check_kb(body.model)
-    rag.get_kb(body.model)  # 404 names the unknown model (knowledge base)
+    rag.get_kb(body.model, counts=False)  # 404 names the unknown model (knowledge base)
     question, history = _question(body)
     g = rag.settings.generator
     params = GenerationParams(

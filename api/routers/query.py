@@ -73,7 +73,7 @@ async def ask(kb: str, body: AskRequest, rag: RagDep, caller: CallerDep,
     """Answer with citations; ``stream: true`` sends server-sent events: ``citations`` (the
     numbered sources) first, then ``delta`` text, then ``done`` with the cited answer."""
     caller.check_kb(kb)
-    rag.get_kb(kb)
+    rag.get_kb(kb, counts=False)  # 404 before the answer starts
     history = [Message(t.role, t.content) for t in body.history]
     flt = parse_filter(body.filter)
 

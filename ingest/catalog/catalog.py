@@ -113,12 +113,14 @@ class Catalog:
         except IntegrityError:
             raise Conflict(f"knowledge base {name!r} already exists") from None
 
-    def get_kb(self, name: str) -> KnowledgeBase:
+    def get_kb(self, name: str, counts: bool = True) -> KnowledgeBase:
+        """``counts=False`` leaves ``document_count`` and ``chunk_count`` at 0 and skips
+        the two aggregate queries (a search needs the settings, not the totals)."""
         with self._session() as s:
             row = s.scalar(select(KnowledgeBaseRow).where(KnowledgeBaseRow.name == name))
             if row is None:
                 raise NotFound(f"knowledge base {name!r} does not exist (see `rag kb list`)")
-            return _kb(row, *self._kb_counts(s, row.id))
+            return _kb(row, *self._kb_counts(s, row.id)) if counts else _kb(row)
 
     def list_kbs(self) -> list[KnowledgeBase]:
         with self._session() as s:

@@ -29,6 +29,21 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
+def test_torch_backend_equals_sentence_transformers_encode(real_embedder) -> None:
+    """Our forward pass on the model thread gives what ``SentenceTransformer.encode`` gives,
+    whatever the batch and the order, and concurrent queries each get their own vector."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    reference = real_embedder.model.encode(TEXTS, normalize_embeddings=True)
+    assert np.allclose(real_embedder.embed_documents(TEXTS), reference, atol=1e-5)
+    assert np.allclose(real_embedder.embed_documents(TEXTS[::-1]), reference[::-1], atol=1e-5)
+    with ThreadPoolExecutor(8) as pool:
+        queries = list(pool.map(real_embedder.embed_query, TEXTS * 4))
+    assert np.allclose(np.stack(queries), np.concatenate([reference] * 4), atol=1e-5)
+    assert EmbeddingConfig().resolved_precision("cpu") == "float32"
+    assert EmbeddingConfig().resolved_precision("cuda") == "float16"
+
+
 @pytest.mark.parametrize(("backend", "floor"), [("onnx", 0.9999), ("onnx-int8", 0.97)])
 def test_onnx_matches_the_torch_model(backend: str, floor: float, cache: Path,
                                       real_embedder) -> None:

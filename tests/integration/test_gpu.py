@@ -85,6 +85,7 @@ def test_embedding_on_gpu_matches_cpu() -> None:
     cpu = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu"))
     a, b = gpu.embed_documents(texts), cpu.embed_documents(texts)
     assert gpu.device is not None and gpu.device.startswith("cuda")
+    assert str(next(gpu.model.parameters()).dtype) == "torch.float16"  # fp16 on a GPU
     assert np.allclose((a * b).sum(axis=1), 1.0, atol=1e-2)
 
 
