@@ -197,8 +197,13 @@ class Catalog:
         """Mark documents ``(id, kb_id, name, source, mime, size)`` as being (re)indexed, in one
         transaction. Their previous chunks stay until ``finish_documents``."""
         with self._session() as s:
+            ids = [d[0] for d in docs]
+            rows = {r.id: r for r in s.scalars(select(DocumentRow).where(DocumentRow.id.in_(ids)))}
             for doc_id, kb_id, name, source, mime_type, size in docs:
-                row = _get_or_add_document(s, doc_id, kb_id, name, source, mime_type, size)
+                row = rows.get(doc_id)
+                if row is None:  # one query for the group, not one per document
+                    row = _new_document(doc_id, kb_id, name, source, mime_type, size)
+                    s.add(row)
                 row.status, row.error = DOC_INDEXING, None
 
     def finish_documents(
@@ -379,12 +384,17 @@ def _get_or_add_document(
 ) -> DocumentRow:
     row = s.get(DocumentRow, doc_id)
     if row is None:
-        row = DocumentRow(
-            id=doc_id, kb_id=kb_id, name=name, source=source, sha256="", mime_type=mime_type,
-            size=size, status=DOC_INDEXING, chunk_count=0, meta={},
-        )
+        row = _new_document(doc_id, kb_id, name, source, mime_type, size)
         s.add(row)
     return row
+
+
+def _new_document(
+    doc_id: str, kb_id: int, name: str, source: str, mime_type: str, size: int
+) -> DocumentRow:
+    return DocumentRow(id=doc_id, kb_id=kb_id, name=name, source=source, sha256="",
+                       mime_type=mime_type, size=size, status=DOC_INDEXING, chunk_count=0,
+                       meta={})
 
 
 def _kb(row: KnowledgeBaseRow, documents: int = 0, chunks: int = 0) -> KnowledgeBase:
