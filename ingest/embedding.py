@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -67,7 +68,7 @@ class SentenceTransformerEmbedder:
         self.config = config
         self._model: Any = None
         self._lock = threading.Lock()
-        self._count_tokenizer: Any = None
+        self._count_tokens: Callable[[str], int] | None = None
         self.device: str | None = None
         self._worker = ModelThread("rag-model", self._encode)
 
@@ -154,25 +155,26 @@ class SentenceTransformerEmbedder:
         return np.asarray(vecs.cpu().numpy(), dtype=np.float32)
 
     def count_tokens(self, text: str) -> int:
-        counter = self._counter()
-        if hasattr(counter, "encode_batch"):  # the Rust tokenizer itself: 40% less time
-            return len(counter.encode(text, add_special_tokens=False).ids)
-        return len(counter(text, add_special_tokens=False, verbose=False)["input_ids"])
+        return int(self._counter()(text))
 
-    def _counter(self) -> Any:
-        """A copy of the tokenizer for counting, without truncation or padding: the pipeline
-        chunks the next files while the model encodes, and one Rust tokenizer used from two
-        threads at once can fail ("Already borrowed") when those settings change under it.
-        A fast tokenizer's Rust core is used directly (the chunker counts every piece)."""
-        if self._count_tokenizer is None:
+    def _counter(self) -> Callable[[str], int]:
+        """A token counter on a copy of the tokenizer, without truncation or padding: the
+        pipeline chunks the next files while the model encodes, and one Rust tokenizer used
+        from two threads at once can fail ("Already borrowed") when those settings change
+        under it. A fast tokenizer's Rust core is called directly (the chunker counts every
+        piece; 40% less time than through transformers)."""
+        if self._count_tokens is None:
             tokenizer = self.model.tokenizer
             with self._lock:
-                if self._count_tokenizer is None:
-                    counter = copy.deepcopy(tokenizer)
-                    rust = getattr(counter, "backend_tokenizer", None)
+                if self._count_tokens is None:
+                    copied = copy.deepcopy(tokenizer)
+                    rust = getattr(copied, "backend_tokenizer", None)
                     if rust is not None:
                         rust.no_truncation()
                         rust.no_padding()
-                        counter = rust
-                    self._count_tokenizer = counter
-        return self._count_tokenizer
+                        self._count_tokens = lambda text: len(
+                            rust.encode(text, add_special_tokens=False).ids)
+                    else:
+                        self._count_tokens = lambda text: len(
+                            copied(text, add_special_tokens=False, verbose=False)["input_ids"])
+        return self._count_tokens
