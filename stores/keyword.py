@@ -33,6 +33,7 @@ was were what when where which who why will with do does did not no can you your
 一个 这个 那个 这 那 有 被 把 对 没有 怎么办 怎么样 应该 可以 多少 需要 能 会 要 请问 哪里 几 个
 """
 STOP_WORDS = frozenset(_STOP_TEXT.split())
+logger = logging.getLogger(__name__)
 _LATIN_WORD = re.compile(r"[a-zà-ÿ]+")
 # 0: lower-cased words; 1: words stemmed (the same tokens, each through ``stem``)
 TOKENIZER_VERSION = 1
@@ -125,6 +126,9 @@ class KeywordIndex:
                 return
             if version == 0:
                 rows = self._db.execute("SELECT rowid, tokens FROM chunks").fetchall()
+                if rows:
+                    logger.info("keyword index %s: converting %d entries to stemmed tokens",
+                                self.path, len(rows))
                 self._db.executemany(
                     "UPDATE chunks SET tokens = ? WHERE rowid = ?",
                     [(" ".join(stem(t) for t in tokens.split()), rowid)
