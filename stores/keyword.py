@@ -119,9 +119,11 @@ class KeywordIndex:
     def _upgrade(self) -> None:
         """Bring tokens written by an earlier tokenization up to this one, in place: each
         version so far is the one before with every token mapped, so no text is needed."""
+        if self._version() >= TOKENIZER_VERSION:
+            return  # the usual case: no write lock taken
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")  # one process converts, the others wait
-            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            version = self._version()
             if version >= TOKENIZER_VERSION:
                 return
             if version == 0:
@@ -134,6 +136,9 @@ class KeywordIndex:
                     [(" ".join(stem(t) for t in tokens.split()), rowid)
                      for rowid, tokens in rows])
             self._db.execute(f"PRAGMA user_version = {TOKENIZER_VERSION}")
+
+    def _version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def upsert(self, items: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
         """Index ``(id, text, metadata)`` items, replacing earlier entries with the same id."""
