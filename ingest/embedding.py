@@ -173,7 +173,7 @@ class SentenceTransformerEmbedder:
                         rust.no_truncation()
                         rust.no_padding()
                         self._count_tokens = lambda text: len(
-                            rust.encode(text, add_special_tokens=False).ids)
+                            rust.encode(text, add_special_tokens=False))
                     else:
                         self._count_tokens = lambda text: len(
                             copied(text, add_special_tokens=False, verbose=False)["input_ids"])

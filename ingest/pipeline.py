@@ -210,20 +210,21 @@ class IngestPipeline:
                 pending = (ready, embedding)
 
             try:
-                seen: set[str] = set()
-                for path in files:
-                    source = (sources or {}).get(path) or str(path.resolve())
-                    if source in seen:  # the same file named twice: ingest it once
-                        continue
-                    seen.add(source)
-                    outcome = self._prepare(kb, chunker, path, source)
+                todo: dict[str, Path] = {}
+                for path in files:  # the same file named twice is ingested once
+                    todo.setdefault((sources or {}).get(path) or str(path.resolve()), path)
+                known = self.catalog.find_documents(kb.id, list(todo))
+                group_chunks = 0
+                for source, path in todo.items():
+                    outcome = self._prepare(kb, chunker, path, source, known.get(source))
                     if isinstance(outcome, FileResult):
                         emit(outcome)
                         continue
                     group.append(outcome)
-                    if sum(len(p.chunks) for p in group) >= group_limit:
+                    group_chunks += len(outcome.chunks)
+                    if group_chunks >= group_limit:
                         submit(group)
-                        group = []
+                        group, group_chunks = [], 0
                         group_limit = min(group_limit * 2, _GROUP_CHUNKS)
                 if group:
                     submit(group)
@@ -237,7 +238,8 @@ class IngestPipeline:
         return report
 
     def _prepare(
-        self, kb: KnowledgeBase, chunker: Chunker, path: Path, source: str
+        self, kb: KnowledgeBase, chunker: Chunker, path: Path, source: str,
+        existing: Document | None,
     ) -> _Prepared | FileResult:
         name = path.name
         doc_id = document_id(kb.id, source)
@@ -255,7 +257,6 @@ class IngestPipeline:
         except RagError as exc:
             return self._fail(kb, doc_id, name, source, "", 0, exc)
         sha = hashlib.sha256(data).hexdigest()
-        existing = self.catalog.find_document(kb.id, source)
         if existing is not None and existing.status == DOC_INDEXED and existing.sha256 == sha:
             return FileResult(name, source, UNCHANGED, existing.chunk_count, doc_id)
         try:

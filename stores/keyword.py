@@ -77,12 +77,12 @@ def tokenize(text: str) -> list[str]:
         # the passage (休完 / 未休 完) still meets it, and BM25's IDF keeps common ones cheap.
         pieces: list[str] = list(_jieba().lcut_for_search(text))
         pieces.extend(ch for ch in text if _CJK.match(ch))
+        words = [w for piece in pieces for w in _WORD.findall(piece.lower())]
     else:
-        pieces = _WORD.findall(text)
-    for piece in pieces:
-        for word in _WORD.findall(piece.lower()):
-            if word not in STOP_WORDS and not (len(word) == 1 and word.isascii()):
-                tokens.append(stem(word))
+        words = _WORD.findall(text.lower())
+    for word in words:
+        if word not in STOP_WORDS and not (len(word) == 1 and word.isascii()):
+            tokens.append(stem(word))
     return tokens
 
 

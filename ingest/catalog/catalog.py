@@ -162,12 +162,16 @@ class Catalog:
 
     # -- documents ----------------------------------------------------------------------------
 
-    def find_document(self, kb_id: int, source: str) -> Document | None:
+    def find_documents(self, kb_id: int, sources: Sequence[str]) -> dict[str, Document]:
+        """The documents recorded under these sources, by source; one query per 500 (a
+        query per file took 2 ms each, a quarter of ingestion's own work on SQuAD)."""
+        found: dict[str, Document] = {}
         with self._session() as s:
-            row = s.scalar(
-                select(DocumentRow).where(DocumentRow.kb_id == kb_id, DocumentRow.source == source)
-            )
-            return _doc(row) if row is not None else None
+            for i in range(0, len(sources), 500):
+                rows = s.scalars(select(DocumentRow).where(
+                    DocumentRow.kb_id == kb_id, DocumentRow.source.in_(sources[i : i + 500])))
+                found.update((r.source, _doc(r)) for r in rows)
+        return found
 
     def get_document(self, kb_id: int, doc_id: str) -> Document:
         with self._session() as s:

@@ -44,3 +44,29 @@ def test_pages_follow_the_span() -> None:
     _, chunks = split(text, pages=[0, len(page1) + 2])
     assert chunks[0].page == 1
     assert chunks[-1].page == 2
+
+
+def test_a_document_that_fits_is_one_chunk_and_each_piece_is_counted_once() -> None:
+    calls: list[str] = []
+
+    def counting(text: str) -> int:
+        calls.append(text)
+        return count(text)
+
+    chunker = Chunker(ChunkingConfig(chunk_size=40, chunk_overlap=5), counting)
+    short = LoadedDocument("\n  A short note. It fits in one chunk.  \n", "text/plain",
+                           page_starts=[])
+    chunks = chunker.split(short)
+    assert [c.text for c in chunks] == ["A short note. It fits in one chunk."]
+    assert short.text[chunks[0].start : chunks[0].end] == chunks[0].text
+    assert len(calls) == 1  # measured whole, not sentence by sentence
+
+    calls.clear()
+    long = LoadedDocument(" ".join(f"Sentence {i} is here." for i in range(80)), "text/plain",
+                          page_starts=[])
+    chunks = chunker.split(long)
+    assert len(chunks) > 5
+    assert len(calls) == len(set(calls))  # the splitter's repeated measures are remembered
+    for c in chunks:
+        assert long.text[c.start : c.end] == c.text
+        assert c.token_count == count(c.text) <= 40
