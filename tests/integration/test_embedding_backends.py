@@ -67,6 +67,35 @@ def test_onnx_matches_the_torch_model(backend: str, floor: float, cache: Path,
     assert exported.stat().st_mtime_ns == stamp  # exported once, reused after
 
 
+def test_document_batches_group_texts_of_like_token_length() -> None:
+    """Batches are formed by token count, not characters: a short run of codes holds more
+    tokens than a longer sentence, and padding each batch to its longest text costs time."""
+    from ingest.embedding import SentenceTransformerEmbedder
+
+    embedder = SentenceTransformerEmbedder(EmbeddingConfig(batch_size=2))
+    codes, hexes = "0x1F9E 7Zq 3.14159 #A7 9f3e 2024-01-05 x9", "4f 8d 9c 2b 7e 1a 3c 5d"
+    sentence, short = "We walked home and the house was very quiet then.", "It was a good day."
+    texts = [sentence, short, codes, hexes]
+    tokens = [embedder.count_tokens(t) for t in texts]
+    assert len(sentence) > len(codes) > len(hexes) > len(short)  # by characters: mixed
+    assert tokens[2] > tokens[3] > tokens[0] > tokens[1]
+    batches: list[list[str]] = []
+    encode = embedder._encode
+
+    def spy(batch: list[str]) -> np.ndarray:
+        batches.append(batch)
+        return encode(batch)
+
+    embedder._encode = spy  # type: ignore[method-assign,assignment]
+    try:
+        vectors = embedder.embed_documents(texts)
+    finally:
+        embedder.close()
+    assert batches == [[codes, hexes], [sentence, short]]
+    reference = embedder.model.encode(texts, normalize_embeddings=True)
+    assert np.allclose(vectors, reference, atol=1e-5)
+
+
 def test_onnx_engine_answers_like_torch(tmp_path: Path, cache: Path) -> None:
     settings = make_settings(tmp_path, embedding={"backend": "onnx-int8"})
     rag = RAG(settings, embedder=make_embedder(settings.embedding, cache))
