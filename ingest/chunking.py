@@ -43,6 +43,13 @@ class Chunk:
     end: int
     page: int | None
     token_count: int
+    title: str = ""  # the document's title, when this chunk's text does not hold it
+
+    @property
+    def indexed_text(self) -> str:
+        """What is embedded and keyword-indexed: the text under its document's title, so
+        a chunk from the middle of a document still says what the document is about."""
+        return f"{self.title}\n\n{self.text}" if self.title else self.text
 
 
 class Chunker:
@@ -128,9 +135,41 @@ class Chunker:
             out.append(chunk)
         if pending is not None:
             out.append(pending)
+        title = document_title(doc) if self.config.title_context else ""
         return [
-            Chunk(i, c.text, c.start, c.end, c.page, c.token_count) for i, c in enumerate(out)
+            Chunk(i, c.text, c.start, c.end, c.page, c.token_count,
+                  title if title and title not in c.text else "")
+            for i, c in enumerate(out)
         ]
+
+
+def document_title(doc: LoadedDocument) -> str:
+    """The title a loader found (HTML ``<title>``, PDF and DOCX properties), else the first
+    line when it stands alone before a blank line or is a Markdown heading; "" when none.
+
+    Embedded with the later chunks, it costs the model at most ``_TITLE_CHARS`` of its
+    input, which truncates the chunk's end: mostly the overlap the next chunk repeats.
+    SQuAD 2.0 dev, 1,000 questions held out from the benchmark's sample: dense recall@5 /
+    MRR@10 0.857 / 0.736 without titles, 0.861 / 0.740 with them; hybrid unchanged
+    (0.964 / 0.890 -> 0.962 / 0.891): only 247 of its 1,456 chunks lack their title."""
+    meta = doc.metadata.get("title")
+    if isinstance(meta, str) and meta.strip():
+        return _short(meta)
+    head, _, rest = doc.text.lstrip().partition("\n")
+    head = head.strip()
+    if head.startswith("#"):
+        return _short(head.lstrip("#").strip())
+    if head and rest.startswith("\n") and rest.strip():
+        return _short(head)
+    return ""
+
+
+_TITLE_CHARS = 200
+
+
+def _short(title: str) -> str:
+    title = " ".join(title.split())
+    return title if len(title) <= _TITLE_CHARS else title[: _TITLE_CHARS - 1] + "…"
 
 
 def _is_lone_heading(text: str) -> bool:

@@ -14,6 +14,9 @@ class ChunkingConfig(BaseModel):
 
     chunk_size: int = Field(250, ge=16, le=8192, description="maximum tokens per chunk")
     chunk_overlap: int = Field(25, ge=0, description="tokens shared by neighbouring chunks")
+    title_context: bool = Field(
+        True, description="embed and keyword-index each chunk with its document's title "
+        "when the chunk's text lacks it (the stored text and span stay the chunk's own)")
 
 
 class EmbeddingConfig(BaseModel):

