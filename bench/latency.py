@@ -12,7 +12,8 @@
    with the API, 20 questions each, so both see the same machine (timings here move by 30%
    from one minute to the next).
    /search at 1 client is measured twice: first in a server that only retrieves, then
-   after /ask has loaded the generator, whose PyTorch threads share the cores from then on.
+   after /ask has loaded the generator (and its scheduler thread, with its PyTorch threads,
+   has ended idle).
 4. Overhead = our p50 over the bare p50, for the API round trip (1 client) and for the
    server-side retrieval time, per retrieval mode, for both servers.
 
@@ -194,6 +195,7 @@ def main() -> None:
                 print(key, row, flush=True)
             for q in questions[:5]:  # load the generator: it shares the 2 cores from now on
                 httpx.post(f"{url}{KB}/ask", json={"query": q, "max_tokens": 4}, timeout=600)
+            time.sleep(3)  # the generator's scheduler thread ends 2 s after its last request
             after = limit.fresh()
             for key, row in one_client(url, after, questions).items():
                 rows[f"{key}, generator loaded"] = row

@@ -81,6 +81,10 @@ class SentenceTransformerEmbedder:
         return str(path.resolve()) if path.exists() else self.config.model
 
     def warm_up(self) -> None:
+        if self._model is None:  # loaded on the model thread, whose PyTorch threads end with it
+            self._worker.call(self._load)
+
+    def _load(self) -> None:
         with self._lock:
             if self._model is not None:
                 return

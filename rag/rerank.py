@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.embedding import pick_device
+from ingest.model_thread import ModelThread
 from rag.types import Passage
 from stores.errors import ModelUnavailable
 
@@ -27,6 +28,9 @@ class CrossEncoderReranker:
         self.batch_size = batch_size
         self._model: Any = None
         self._lock = threading.Lock()
+        # Every call into the model runs on one thread (see ``ingest.model_thread``), so the
+        # request threads never each grow a PyTorch thread team.
+        self._worker = ModelThread("rag-rerank", self._predict)
 
     def _load(self) -> Any:
         with self._lock:
@@ -51,15 +55,20 @@ class CrossEncoderReranker:
             return self._model
 
     def warm_up(self) -> None:
-        self._load()
+        self._worker.call(self._load)
 
     def scores(self, query: str, texts: list[str]) -> list[float]:
         if not texts:
             return []
-        model = self._load()
-        raw = model.predict([(query, t) for t in texts], batch_size=self.batch_size,
-                            show_progress_bar=False, convert_to_numpy=True)
+        return self._worker.call(self._scores, query, texts)
+
+    def _scores(self, query: str, texts: list[str]) -> list[float]:
+        raw = self._predict([(query, t) for t in texts])
         return [float(s) for s in raw.reshape(len(texts), -1)[:, -1]]
+
+    def _predict(self, pairs: list[Any]) -> Any:
+        return self._load().predict(pairs, batch_size=self.batch_size,
+                                    show_progress_bar=False, convert_to_numpy=True)
 
     def rerank(self, query: str, passages: list[Passage], top_k: int) -> list[Passage]:
         """``passages`` ordered by the cross-encoder's score (which becomes their ``score``;

@@ -5,6 +5,11 @@ DCU builds); ``quantize=4bit|8bit`` loads through bitsandbytes on a GPU. One sch
 owns the model: requests queue up, and those waiting with the same sampling settings run as
 one left-padded batch, each streaming its own tokens. A request's stop strings, token limit
 or cancellation (its consumer went away) end its row; the batch ends when every row has.
+
+PyTorch's OpenMP teams belong to threads and slow every other team while they exist, idle or
+not (see ``ingest.model_thread``), so the model is loaded on a thread that ends with the load,
+and the scheduler thread ends after ``IDLE_EXIT_S`` without requests (the next one starts it
+again): a server that has answered a question retrieves as fast afterwards as before.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from rag.settings import GeneratorConfig
 from stores.errors import GenerationError, InvalidInput, MissingDependency, ModelUnavailable
 
 _END = object()
+IDLE_EXIT_S = 2.0
 
 
 @dataclass
@@ -61,6 +67,8 @@ class TransformersGenerator:
         self._load_lock = threading.Lock()
         self._queue: queue.Queue[_Request] = queue.Queue()
         self._worker: threading.Thread | None = None
+        self._worker_lock = threading.Lock()
+        self.idle_exit_s = IDLE_EXIT_S
         self.device = "cpu"
         self.batches_run = 0  # how many model.generate calls served the requests so far
 
@@ -74,39 +82,51 @@ class TransformersGenerator:
         with self._load_lock:
             if self._model is not None:
                 return
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            outcome: list[BaseException] = []
 
-            source = self._resolve_source()
-            device = self.config.device
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            local = Path(source).exists()
-            extra = self._quantization(device)
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-                model = AutoModelForCausalLM.from_pretrained(
-                    source, dtype=self._dtype(torch, device), local_files_only=local, **extra
-                )
-            except Exception as exc:
-                raise ModelUnavailable(
-                    f"cannot load generation model {source}: {exc}. Set RAG_GENERATOR__MODEL "
-                    "to a local model folder when offline"
-                ) from exc
-            if tokenizer.chat_template is None:
-                raise ModelUnavailable(f"{source} has no chat template; use an instruct model")
-            if tokenizer.pad_token_id is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            if not extra:  # a quantized model is placed by bitsandbytes
-                model = model.to(device)  # type: ignore[arg-type]  # transformers stub quirk
-            model.eval()
-            eos = model.generation_config.eos_token_id
-            eos_ids = eos if isinstance(eos, list) else [eos]
-            self._eos = {int(i) for i in [*eos_ids, tokenizer.eos_token_id] if i is not None}
-            self._model, self._tokenizer, self.device = model, tokenizer, device
-            self._worker = threading.Thread(target=self._serve, daemon=True,
-                                            name="rag-transformers-scheduler")
-            self._worker.start()
+            def load() -> None:
+                try:
+                    self._load()
+                except BaseException as exc:  # re-raised in the caller's thread
+                    outcome.append(exc)
+
+            loader = threading.Thread(target=load, name="rag-transformers-load", daemon=True)
+            loader.start()
+            loader.join()
+            if outcome:
+                raise outcome[0]
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        source = self._resolve_source()
+        device = self.config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        local = Path(source).exists()
+        extra = self._quantization(device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=self._dtype(torch, device), local_files_only=local, **extra
+            )
+        except Exception as exc:
+            raise ModelUnavailable(
+                f"cannot load generation model {source}: {exc}. Set RAG_GENERATOR__MODEL "
+                "to a local model folder when offline"
+            ) from exc
+        if tokenizer.chat_template is None:
+            raise ModelUnavailable(f"{source} has no chat template; use an instruct model")
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if not extra:  # a quantized model is placed by bitsandbytes
+            model = model.to(device)  # type: ignore[arg-type]  # transformers stub quirk
+        model.eval()
+        eos = model.generation_config.eos_token_id
+        eos_ids = eos if isinstance(eos, list) else [eos]
+        self._eos = {int(i) for i in [*eos_ids, tokenizer.eos_token_id] if i is not None}
+        self._model, self._tokenizer, self.device = model, tokenizer, device
 
     def _resolve_source(self) -> str:
         if self.config.model is None:
@@ -167,6 +187,11 @@ class TransformersGenerator:
             )
         req = _Request(ids, params)
         self._queue.put(req)
+        with self._worker_lock:
+            if self._worker is None:  # none yet, or it ended idle
+                self._worker = threading.Thread(target=self._serve, daemon=True,
+                                                name="rag-transformers-scheduler")
+                self._worker.start()
         return self._drain(req)
 
     def _drain(self, req: _Request) -> Iterator[Delta]:
@@ -192,7 +217,14 @@ class TransformersGenerator:
 
     def _serve(self) -> None:
         while True:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=self.idle_exit_s)
+            except queue.Empty:
+                with self._worker_lock:
+                    if self._queue.empty():  # a request put before this sees a live worker
+                        self._worker = None
+                        return
+                continue
             batch: list[_Request] = [first]
             later: list[_Request] = []
             deadline = time.perf_counter() + self.config.batch_wait_ms / 1000

@@ -18,7 +18,7 @@ from rag.generation.base import GenerationParams, Message, collect
 from rag.generation.openai_backend import OpenAIGenerator
 from rag.generation.transformers_backend import TransformersGenerator, _safe_prefix
 from rag.settings import GeneratorConfig, OpenAIConfig
-from stores.errors import GenerationError, InvalidInput
+from stores.errors import GenerationError, InvalidInput, ModelUnavailable
 from tests.servers import REPO, free_port, http_ready, python, serve
 from tests.tiny_llm import build_tiny_llama
 
@@ -110,6 +110,32 @@ def test_async_twins(tiny: TransformersGenerator) -> None:
 
     texts = asyncio.run(main())
     assert len(set(texts)) == 1 and texts[0] == tiny.generate(ASK, GREEDY).text
+
+
+def test_the_model_loads_on_a_thread_of_its_own_and_the_scheduler_ends_when_idle(
+        tiny_model: Path) -> None:
+    """PyTorch's thread teams slow each other down while their threads live, so neither the
+    load nor an idle scheduler may leave one behind; a later request starts a new scheduler."""
+    gen = TransformersGenerator(GeneratorConfig(model=str(tiny_model)), tiny_model.parent)
+    gen.idle_exit_s = 0.2
+    gen.warm_up()
+    loaders = [t for t in threading.enumerate() if t.name == "rag-transformers-load"]
+    assert loaders == [] and gen._worker is None, "the loading thread ended with the load"
+    first = gen.generate(ASK, GREEDY)
+    scheduler = gen._worker
+    assert scheduler is not None
+    scheduler.join(10)
+    assert not scheduler.is_alive() and gen._worker is None
+    again = gen.generate(ASK, GREEDY)
+    assert again.text == first.text and gen._worker is not scheduler
+    with pytest.raises(InvalidInput, match="context window"):  # errors still reach the caller
+        gen.generate(ASK, GenerationParams(max_tokens=5000))
+
+
+def test_a_failed_load_is_reported_to_the_caller(tmp_path: Path) -> None:
+    gen = TransformersGenerator(GeneratorConfig(model=str(tmp_path / "nowhere")), tmp_path)
+    with pytest.raises(ModelUnavailable, match="cannot load generation model"):
+        gen.warm_up()
 
 
 def test_context_window_is_enforced(tiny: TransformersGenerator) -> None:

@@ -119,3 +119,16 @@ def test_a_call_from_the_model_thread_runs_in_place() -> None:
     worker = ModelThread("test-model", rec.encode)
     assert worker.call(lambda: worker.query("inner") + worker.call(rec.task, "x")) == "INNERx"
     worker.close()
+
+
+def test_the_thread_ends_when_idle_and_the_next_call_starts_another() -> None:
+    rec = Recorder()
+    worker = ModelThread("test-model", rec.encode, idle_exit_s=0.1)
+    assert worker.query("a") == "A"
+    first = worker._thread
+    assert first is not None
+    first.join(10)
+    assert not first.is_alive() and worker._thread is None
+    assert worker.call(threading.current_thread) is not first, "a new thread serves calls"
+    assert worker.call(rec.task, "b") == "b" and worker.query("c") == "C"
+    worker.close()
