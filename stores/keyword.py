@@ -2,7 +2,9 @@
 
 Text is tokenized here (jieba words for Chinese, lower-cased words for other scripts,
 stop words dropped, Latin-script words reduced to their English Snowball stem) and the
-tokens are kept in an SQLite FTS5 table, whose ``bm25()`` ranks matches. The index lives
+tokens are kept in an SQLite FTS5 table, whose ``bm25()`` ranks matches; a plain table maps
+chunk ids to its rows (FTS5 cannot index an id column: a delete by id was a scan of the whole
+table, so indexing a knowledge base took time quadratic in its size). The index lives
 in one SQLite file per knowledge base, written by the same pipeline step as the vectors and
 deleted with them. The file's ``user_version`` names the tokenization its tokens were made
 with; an index written by an earlier one is converted when it is opened.
@@ -113,6 +115,7 @@ class KeywordIndex:
             )
             self._db.commit()
             self._upgrade()
+            self._map_ids()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open keyword index {self.path}: {exc}") from exc
 
@@ -140,24 +143,62 @@ class KeywordIndex:
     def _version(self) -> int:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
-    def upsert(self, items: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
-        """Index ``(id, text, metadata)`` items, replacing earlier entries with the same id."""
-        rows = [(" ".join(tokenize(text)), cid, json.dumps(meta)) for cid, text, meta in items]
+    def _map_ids(self) -> None:
+        """Create the id -> row table; an index written before it had one gets it filled."""
+        if self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'chunk_ids'").fetchone() is not None:
+            return  # the usual case: no write lock taken
         with self._lock, self._db:
-            self._db.executemany("DELETE FROM chunks WHERE id = ?", [(r[1],) for r in rows])
-            self._db.executemany("INSERT INTO chunks(tokens, id, metadata) VALUES (?,?,?)", rows)
+            self._db.execute("BEGIN IMMEDIATE")  # one process fills it, the others wait
+            self._db.execute("CREATE TABLE IF NOT EXISTS chunk_ids("
+                             "rid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE)")
+            self._db.execute("INSERT OR IGNORE INTO chunk_ids(rid, id) SELECT rowid, id "
+                             "FROM chunks WHERE rowid NOT IN (SELECT rid FROM chunk_ids)")
+
+    def _rows_of(self, ids: Sequence[str]) -> list[int]:
+        rids: list[int] = []
+        for at in range(0, len(ids), 500):
+            part = list(ids[at : at + 500])
+            marks = ",".join("?" * len(part))
+            rids += [r for (r,) in self._db.execute(
+                f"SELECT rid FROM chunk_ids WHERE id IN ({marks})", part)]
+        return rids
+
+    def _remove_rows(self, rids: Sequence[int]) -> None:
+        self._db.executemany("DELETE FROM chunks WHERE rowid = ?", [(r,) for r in rids])
+        self._db.executemany("DELETE FROM chunk_ids WHERE rid = ?", [(r,) for r in rids])
+
+    def upsert(self, items: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        """Index ``(id, text, metadata)`` items, replacing earlier entries with the same id
+        (and, within ``items``, earlier items with the same id)."""
+        latest = {cid: (" ".join(tokenize(text)), json.dumps(meta))
+                  for cid, text, meta in items}
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._remove_rows(self._rows_of(list(latest)))
+            top = self._db.execute(
+                "SELECT max((SELECT coalesce(max(rid), 0) FROM chunk_ids), "
+                "coalesce((SELECT rowid FROM chunks ORDER BY rowid DESC LIMIT 1), 0))"
+            ).fetchone()[0]
+            rows = [(top + n, tokens, cid, meta)
+                    for n, (cid, (tokens, meta)) in enumerate(latest.items(), start=1)]
+            self._db.executemany("INSERT INTO chunk_ids(rid, id) VALUES (?, ?)",
+                                 [(r[0], r[2]) for r in rows])
+            self._db.executemany(
+                "INSERT INTO chunks(rowid, tokens, id, metadata) VALUES (?,?,?,?)", rows)
 
     def delete(self, ids: Sequence[str]) -> None:
         with self._lock, self._db:
-            self._db.executemany("DELETE FROM chunks WHERE id = ?", [(i,) for i in ids])
+            self._db.execute("BEGIN IMMEDIATE")
+            self._remove_rows(self._rows_of(list(ids)))
 
     def delete_document(self, document_id: str) -> None:
         """Delete every entry whose metadata names ``document_id``."""
         with self._lock, self._db:
-            self._db.execute(
-                "DELETE FROM chunks WHERE json_extract(metadata, '$.document_id') = ?",
-                (document_id,),
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            self._remove_rows([r for (r,) in self._db.execute(
+                "SELECT rowid FROM chunks WHERE json_extract(metadata, '$.document_id') = ?",
+                (document_id,))])
 
     def count(self) -> int:
         with self._lock:
@@ -190,6 +231,7 @@ class KeywordIndex:
     def drop(self) -> None:
         with self._lock, self._db:
             self._db.execute("DELETE FROM chunks")
+            self._db.execute("DELETE FROM chunk_ids")
 
     def close(self) -> None:
         with self._lock:

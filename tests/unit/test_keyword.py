@@ -60,3 +60,42 @@ def test_an_index_written_before_stemming_is_upgraded_on_open(tmp_path: Path) ->
     assert db.execute("SELECT tokens FROM chunks WHERE id = 'a'").fetchone()[0] == (
         "run marathon light shoe")
     db.close()
+
+
+def test_entries_are_replaced_and_deleted_by_id(tmp_path: Path) -> None:
+    index = KeywordIndex(tmp_path / "kw.sqlite")
+    index.upsert([("a", "red apples", {"document_id": "d1"}),
+                  ("b", "green pears", {"document_id": "d1"}),
+                  ("c", "yellow bananas", {"document_id": "d2"}),
+                  ("c", "purple plums", {"document_id": "d2"})])  # the later one wins
+    assert index.count() == 3
+    assert index.search("bananas", 5) == [] and [h.id for h in index.search("plums", 5)] == ["c"]
+    index.upsert([("a", "blue berries", {"document_id": "d1"})])
+    assert index.count() == 3 and index.search("apples", 5) == []
+    assert [h.id for h in index.search("berries", 5)] == ["a"]
+    index.delete(["b", "nowhere"])
+    assert index.count() == 2 and index.search("pears", 5) == []
+    index.delete_document("d1")
+    assert [h.id for h in index.search("berries plums", 5)] == ["c"]
+    index.upsert([("a", "red apples again", {"document_id": "d1"})])
+    assert sorted(h.id for h in index.search("apples plums", 5)) == ["a", "c"]
+    index.drop()
+    assert index.count() == 0
+    index.upsert([("a", "red apples", {"document_id": "d1"})])
+    assert index.count() == 1
+    index.close()
+
+
+def test_an_index_written_without_the_id_table_gets_one_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "kw.sqlite"
+    _old_index(path)
+    index = KeywordIndex(path)
+    index.upsert([("a", "slow walks", {"document_id": "d1"})])  # replaces the old "a"
+    assert index.count() == 2
+    assert index.search("marathons", 5) == [] and [h.id for h in index.search("walk", 5)] == ["a"]
+    index.delete(["b"])
+    assert index.count() == 1 and index.search("tomato", 5) == []
+    index.close()
+    index = KeywordIndex(path)  # a second open finds the table and leaves it
+    assert [h.id for h in index.search("walking", 5)] == ["a"] and index.count() == 1
+    index.close()
