@@ -29,7 +29,8 @@ class CrossEncoderReranker:
         self._model: Any = None
         self._lock = threading.Lock()
         # Every call into the model runs on one thread (see ``ingest.model_thread``), so the
-        # request threads never each grow a PyTorch thread team.
+        # request threads never each grow a PyTorch thread team. Only ``call`` is used: the
+        # query batching is the embedders', and ``_predict`` just fills that slot.
         self._worker = ModelThread("rag-rerank", self._predict)
 
     def _load(self) -> Any:

@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,19 +83,9 @@ class TransformersGenerator:
         with self._load_lock:
             if self._model is not None:
                 return
-            outcome: list[BaseException] = []
-
-            def load() -> None:
-                try:
-                    self._load()
-                except BaseException as exc:  # re-raised in the caller's thread
-                    outcome.append(exc)
-
-            loader = threading.Thread(target=load, name="rag-transformers-load", daemon=True)
-            loader.start()
-            loader.join()
-            if outcome:
-                raise outcome[0]
+            # Leaving the ``with`` joins the loading thread; its error is raised here.
+            with ThreadPoolExecutor(1, thread_name_prefix="rag-transformers-load") as loader:
+                loader.submit(self._load).result()
 
     def _load(self) -> None:
         import torch
