@@ -4,10 +4,19 @@ Separators are zero-width (look-around) patterns, so splitting never drops or mo
 character: every chunk is an exact substring of the document and keeps its span. The
 order prefers Markdown headings, then paragraphs, lines, sentence ends (Chinese 。！？；
 and English . ! ? ;), clause marks (，、, ,), spaces, and finally single characters.
+
+A text is cut at the first separator it holds, a piece still too long at the next, and
+so on; then all the pieces, in order, are packed greedily into chunks with the overlap.
+(LangChain's recursive splitter packs each level on its own: the short pieces before a
+long one become a chunk by themselves, so a title line over a long paragraph was a chunk
+of its own: 840 of cmrc2018-dev's 2,988 chunks, 937 of 3,724 in scifact-test's first
+1,500 passages.)
 """
 
 from __future__ import annotations
 
+import re
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,7 +80,7 @@ class Chunker:
         # ``_pieces``, chunking scifact-test took 19 s instead of 29 s, squad-v2-dev 1.1 s
         # instead of 2.4 s, with the same chunks.
         self._memo: dict[str, int] = {}
-        self._splitter = RecursiveCharacterTextSplitter(
+        self._splitter = _PackingSplitter(
             separators=SEPARATORS,
             is_separator_regex=True,
             keep_separator=True,
@@ -141,6 +150,85 @@ class Chunker:
                   title if title and title not in c.text else "")
             for i, c in enumerate(out)
         ]
+
+
+_Piece = tuple[str, list[str]]  # a piece of text and the separators that may cut it finer
+
+
+class _PackingSplitter(RecursiveCharacterTextSplitter):
+    """LangChain's recursive splitter, packing the pieces below a heading in one pass.
+
+    A Markdown section too long for one chunk starts a chunk of its own (sections that fit
+    are packed together, whole). Within it, the pieces of every level are packed in order,
+    and a piece that does not fit in the room left is cut finer when the chunk being
+    filled is under half full (a title line before a long paragraph joins its start)."""
+
+    def split_text(self, text: str) -> list[str]:
+        heading, below = self._separators[0], self._separators[1:]
+        chunks: list[str] = []
+        fitting: list[_Piece] = []
+        for section in re.split(heading, text):
+            if not section:
+                continue
+            if self._length_function(section) <= self._chunk_size:
+                fitting.append((section, []))
+                continue
+            chunks += self._pack(fitting)
+            fitting = []
+            chunks += self._pack(self._pieces(section, below))
+        return chunks + self._pack(fitting)
+
+    def _pieces(self, text: str, separators: list[str]) -> list[_Piece]:
+        """``text`` cut at the first separator it holds, each piece still longer than a
+        chunk cut again at the separators after that one; with the separators left to
+        cut each piece finer."""
+        for i, sep in enumerate(separators):
+            if not sep:
+                return [(c, []) for c in text]
+            if re.search(sep, text):
+                rest = separators[i + 1 :]
+                break
+        else:
+            return [(text, [])]
+        out: list[_Piece] = []
+        for piece in re.split(sep, text):
+            if not piece:
+                continue
+            if self._length_function(piece) <= self._chunk_size or not rest:
+                out.append((piece, rest))
+            else:
+                out.extend(self._pieces(piece, rest))
+        return out
+
+    def _pack(self, pieces: list[_Piece]) -> list[str]:
+        """Pieces joined into chunks of at most ``chunk_size`` tokens (a single character
+        aside), each starting with up to ``chunk_overlap`` tokens of the previous one's end
+        (whole pieces only), as LangChain's ``_merge_splits``."""
+        size, overlap, count = self._chunk_size, self._chunk_overlap, self._length_function
+        chunks: list[str] = []
+        current: deque[str] = deque()
+        total = 0
+        todo = deque(pieces)
+        while todo:
+            piece, rest = todo.popleft()
+            n = count(piece)
+            if current and total + n > size:
+                finer = self._pieces(piece, rest) if rest and 2 * total < size else []
+                if len(finer) > 1:
+                    todo.extendleft(reversed(finer))
+                    continue
+                self._emit(chunks, current)
+                while current and (total > overlap or total + n > size):
+                    total -= count(current.popleft())
+            current.append(piece)
+            total += n
+        self._emit(chunks, current)
+        return chunks
+
+    def _emit(self, chunks: list[str], pieces: deque[str]) -> None:
+        text = self._join_docs(list(pieces), "")
+        if text:
+            chunks.append(text)
 
 
 def document_title(doc: LoadedDocument) -> str:

@@ -1,3 +1,5 @@
+import itertools
+
 from ingest.chunking import Chunker
 from ingest.config import ChunkingConfig
 from ingest.loaders import LoadedDocument
@@ -92,3 +94,29 @@ def test_later_chunks_carry_the_document_title() -> None:
     no_titles = Chunker(ChunkingConfig(chunk_size=40, chunk_overlap=5, title_context=False),
                         count).split(doc)
     assert [c.title for c in no_titles] == [""] * len(no_titles)
+
+
+def test_a_title_line_joins_the_start_of_its_long_paragraph() -> None:
+    body = " ".join(f"Sentence {i} is here." for i in range(80))
+    doc, chunks = split("Harbour tides\n\n" + body)
+    assert chunks[0].text.startswith("Harbour tides\n\nSentence 0 is here.")
+    zh = "".join(f"第{i}句讲的是检索增强生成的一个要点。" for i in range(30))
+    zdoc, zchunks = split("锣鼓经\n\n" + zh, size=30, overlap=0)
+    assert zchunks[0].text.startswith("锣鼓经\n\n第0句")
+    # A paragraph that fits alone but not after the title is cut at its sentences.
+    para = " ".join(f"Point {i} holds." for i in range(12))
+    pdoc, pchunks = split("Harbour tides\n\n" + para + "\n\n" + para, size=40, overlap=0)
+    assert pchunks[0].text.startswith("Harbour tides\n\nPoint 0 holds.")
+    for d, cs in ((doc, chunks), (zdoc, zchunks), (pdoc, pchunks)):
+        for c in cs:
+            assert d.text[c.start : c.end] == c.text
+            assert c.token_count <= (40 if d is not zdoc else 30)
+        assert all(c.token_count > 5 for c in cs[:-1]), [c.text for c in cs]
+
+
+def test_overlap_spans_the_pieces_of_every_level() -> None:
+    text = "Intro line.\n\n" + " ".join(f"Sentence {i} is here." for i in range(40))
+    _, chunks = split(text, size=40, overlap=10)
+    assert len(chunks) > 2
+    for a, b in itertools.pairwise(chunks):
+        assert b.start < a.end, "neighbouring chunks share text"
