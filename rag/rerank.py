@@ -58,6 +58,10 @@ class CrossEncoderReranker:
     def warm_up(self) -> None:
         self._worker.call(self._load)
 
+    def close(self) -> None:
+        """Stop the model thread (a later call starts another)."""
+        self._worker.close()
+
     def scores(self, query: str, texts: list[str]) -> list[float]:
         if not texts:
             return []

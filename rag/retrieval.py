@@ -58,6 +58,12 @@ class Retriever:
         self.reranker = (CrossEncoderReranker(config.rerank_model, config.rerank_device)
                          if config.rerank_model else None)
 
+    def close(self) -> None:
+        """Stop the keyword-search threads and the reranker's model thread."""
+        self._side.shutdown(wait=True)
+        if self.reranker is not None:
+            self.reranker.close()
+
     def search(
         self,
         kb: KnowledgeBase,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,9 @@ def test_reranker_orders_the_candidates_by_its_scores(tmp_path: Path, cross_enco
     reranked = rag.search(question, top_k=3).passages
     assert len(first_stage) == 6 and len(reranked) == 3
     # Scored independently with the same model: the reranked list is its top 3, in order.
-    scores = CrossEncoderReranker(str(cross_encoder)).scores(question,
-                                                             [p.text for p in first_stage])
+    independent = CrossEncoderReranker(str(cross_encoder))
+    scores = independent.scores(question, [p.text for p in first_stage])
+    independent.close()
     expected = [p.chunk_id for _, p in sorted(zip(scores, first_stage, strict=True),
                                               key=lambda sp: -sp[0])][:3]
     assert [p.chunk_id for p in reranked] == expected
@@ -48,7 +50,10 @@ def test_reranker_orders_the_candidates_by_its_scores(tmp_path: Path, cross_enco
     # The answer path reranks too: it cites from the reranked passages.
     answer = rag.ask(question, top_k=3)
     assert {p.chunk_id for p in answer.passages} <= set(expected)
-    rag.close()
+    ours = ("rag-rerank", "rag-bm25")
+    assert any(t.name.startswith(ours) for t in threading.enumerate())
+    rag.close()  # stops the reranker's model thread and the keyword-search threads
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(ours)]
 
 
 def test_rerank_needs_a_model(tmp_path: Path) -> None:
