@@ -163,6 +163,17 @@ class SentenceTransformerEmbedder:
     def count_tokens(self, text: str) -> int:
         return int(self._counter()(text))
 
+    def token_offsets(self, text: str) -> list[tuple[int, int]] | None:
+        """The character span of each token of ``text`` (no special tokens), for the chunker
+        to count a document's pieces from one tokenizer call; None without a fast
+        tokenizer. It saves a call per piece, work done in the main thread while the model
+        encodes (see ``Chunker``)."""
+        self._counter()
+        rust = self._rust
+        if rust is None:
+            return None
+        return list(rust.encode(text, add_special_tokens=False).offsets)
+
     def _token_lengths(self, texts: list[str]) -> list[int]:
         """Token counts of ``texts``, to sort them into batches of like length. Characters
         (what ``SentenceTransformer.encode`` sorts by) are a poor proxy: squad-v2-dev's

@@ -149,7 +149,8 @@ class IngestPipeline:
         self.config = config
 
     def chunker(self, kb: KnowledgeBase) -> Chunker:
-        return Chunker(ChunkingConfig(**kb.chunking), self.embedder.count_tokens)
+        return Chunker(ChunkingConfig(**kb.chunking), self.embedder.count_tokens,
+                       getattr(self.embedder, "token_offsets", None))
 
     def ingest(
         self,

@@ -129,3 +129,24 @@ def test_default_batch_size_depends_on_the_device() -> None:
     assert config.resolved_batch_size("cpu") == 16
     assert config.resolved_batch_size("cuda:0") == 128
     assert EmbeddingConfig(batch_size=7).resolved_batch_size("cuda") == 7
+
+
+def test_the_chunker_counts_minilm_tokens_from_one_call_per_document(real_embedder) -> None:
+    """The token spans of the real tokenizer give the chunks that counting each piece gives,
+    on the English and Chinese samples (small chunks, so each is cut many times)."""
+    from ingest.chunking import Chunker
+    from ingest.config import ChunkingConfig
+    from ingest.loaders import load_file
+
+    config = ChunkingConfig(chunk_size=24, chunk_overlap=6)
+    for path in sorted(SAMPLES.iterdir()):
+        if path.suffix not in (".md", ".html", ".pdf"):
+            continue
+        doc = load_file(path)
+        by_piece = Chunker(config, real_embedder.count_tokens).split(doc)
+        spans = real_embedder.token_offsets(doc.text)
+        assert spans and len(spans) == real_embedder.count_tokens(doc.text)
+        by_offsets = Chunker(config, real_embedder.count_tokens,
+                             real_embedder.token_offsets).split(doc)
+        assert by_offsets == by_piece and len(by_piece) > 3, path.name
+        assert all(c.token_count == real_embedder.count_tokens(c.text) for c in by_offsets)

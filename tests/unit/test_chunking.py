@@ -118,5 +118,39 @@ def test_overlap_spans_the_pieces_of_every_level() -> None:
     text = "Intro line.\n\n" + " ".join(f"Sentence {i} is here." for i in range(40))
     _, chunks = split(text, size=40, overlap=10)
     assert len(chunks) > 2
+    splitter = Chunker(ChunkingConfig(chunk_size=40, chunk_overlap=10), count)._splitter
+    assert splitter.split_text(text) == [c.text for c in chunks]  # as a LangChain splitter
     for a, b in itertools.pairwise(chunks):
         assert b.start < a.end, "neighbouring chunks share text"
+
+
+def test_counting_from_token_offsets_gives_the_same_chunks_without_a_call_per_piece() -> None:
+    from tests.helpers import _TOKEN
+
+    calls: list[str] = []
+
+    def counting(text: str) -> int:
+        calls.append(text)
+        return count(text)
+
+    def offsets(text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in _TOKEN.finditer(text)]
+
+    texts = [
+        "# A\n\n" + "alpha words here. " * 30 + "\n\n## B\n\n" + "beta words here. " * 30,
+        "Harbour tides\n\n" + " ".join(f"Sentence {i} is here." for i in range(80)),
+        "锣鼓经\n\n" + "".join(f"第{i}句讲的是检索增强生成的要点，也讲别的。" for i in range(40)),
+        "检索增强生成" * 40,  # no separator but characters
+    ]
+    config = ChunkingConfig(chunk_size=40, chunk_overlap=8)
+    for text in texts:
+        doc = LoadedDocument(text, "text/markdown")
+        by_piece = Chunker(config, count).split(doc)
+        calls.clear()
+        by_offsets = Chunker(config, counting, offsets).split(doc)
+        assert by_offsets == by_piece and len(by_piece) > 2
+        assert calls == []  # the document was tokenized once, by ``offsets``
+    # A tokenizer that cannot give offsets: counted piece by piece.
+    doc = LoadedDocument(texts[1], "text/plain")
+    assert Chunker(config, counting, lambda _: None).split(doc) == Chunker(config, count).split(doc)
+    assert calls
