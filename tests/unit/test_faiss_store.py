@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -82,6 +83,44 @@ def test_torn_log_tail_is_ignored(tmp_path: Path) -> None:
     assert t.count() == 5
     t.upsert([rec(9)])
     assert open_store(url).count() == 6
+
+
+def test_catching_up_reads_only_what_was_logged_since(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from stores import faiss_log
+
+    url = URLS["flat"].format(tmp_path / "s")
+    a, b = open_store(url), open_store(url)
+    a.upsert([Record(f"big{i}", vec(i), "x" * 2000, {}) for i in range(500)])
+    assert b.count() == 500
+    read: list[int] = []
+
+    class Spy:
+        def __init__(self, *args: Any) -> None:
+            self.fh = open(*args)  # noqa: SIM115 (closed by __exit__)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.fh, name)
+
+        def __enter__(self) -> "Spy":
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.fh.close()
+
+        def read(self, *args: Any) -> bytes:
+            data: bytes = self.fh.read(*args)
+            read.append(len(data))
+            return data
+
+    monkeypatch.setattr(faiss_log, "open", Spy, raising=False)
+    assert b.query(vec(3), 1)[0].id == "big3"
+    assert sum(read) == 0  # nothing new: the log's 1 MB is not read again
+    a.upsert([rec(1)])
+    assert b.get(["id1"])[0].text == "text 1"
+    assert 0 < sum(read) < 1000  # just the new entry
+    a.close()
+    b.close()
 
 
 def test_dimension_mismatch_is_typed(url: str) -> None:
