@@ -158,9 +158,10 @@ class Retriever:
             entry = known.get(r.id)
             if entry is None:
                 continue
-            chunk, doc = entry
+            chunk, document_name = entry
             out.append(
-                Passage(chunk_id=chunk.id, document_id=doc.id, document_name=doc.name,
+                Passage(chunk_id=chunk.id, document_id=chunk.document_id,
+                        document_name=document_name,
                         text=chunk.text, start=chunk.start, end=chunk.end, page=chunk.page,
                         score=r.fused, dense_score=r.dense, keyword_score=r.keyword)
             )

@@ -19,7 +19,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,13 @@ class KeywordHit:
     id: str
     score: float
     coverage: float
-    metadata: dict[str, Any]
+    metadata_json: str
+
+    @cached_property
+    def metadata(self) -> dict[str, Any]:
+        """Parsed when asked for: a hybrid search reads only ids, scores and coverage."""
+        meta: dict[str, Any] = json.loads(self.metadata_json)
+        return meta
 
 
 class KeywordIndex:
@@ -217,13 +223,14 @@ class KeywordIndex:
                 (match, limit),
             ).fetchall()
         hits: list[KeywordHit] = []
+        spaced = [f" {t} " for t in terms]  # a term present in a row's space-joined tokens
         for cid, meta_json, tokens, score in rows:
-            meta = json.loads(meta_json)
-            if filter is not None and not matches(filter, meta):
+            row = f" {tokens} "
+            coverage = sum(1 for t in spaced if t in row) / len(terms)
+            hit = KeywordHit(cid, -float(score), coverage, meta_json)
+            if filter is not None and not matches(filter, hit.metadata):
                 continue
-            present = set(tokens.split())
-            coverage = sum(1 for t in terms if t in present) / len(terms)
-            hits.append(KeywordHit(cid, -float(score), coverage, meta))
+            hits.append(hit)
             if len(hits) == k:
                 break
         return hits

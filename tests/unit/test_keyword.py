@@ -7,6 +7,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+from stores.base import Eq
 from stores.keyword import TOKENIZER_VERSION, KeywordIndex, tokenize
 
 
@@ -39,6 +40,18 @@ def _old_index(path: Path) -> None:
     ])
     db.commit()
     db.close()
+
+
+def test_coverage_counts_whole_tokens_and_a_filter_reads_the_metadata(tmp_path: Path) -> None:
+    index = KeywordIndex(tmp_path / "kw.sqlite")
+    index.upsert([("a", "Categories of shoes.", {"document_id": "d1", "n": 1}),
+                  ("b", "A cat sleeps on shoes.", {"document_id": "d2", "n": 2})])
+    hits = {h.id: h for h in index.search("cat shoes", 5)}
+    assert hits["b"].coverage == 1.0
+    assert hits["a"].coverage == 0.5  # "categori" holds "cat", but is another token
+    assert hits["a"].metadata == {"document_id": "d1", "n": 1}
+    assert [h.id for h in index.search("cat shoes", 5, Eq("n", 1))] == ["a"]
+    index.close()
 
 
 def test_an_index_written_before_stemming_is_upgraded_on_open(tmp_path: Path) -> None:
