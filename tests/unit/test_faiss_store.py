@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +124,39 @@ def test_catching_up_reads_only_what_was_logged_since(tmp_path: Path,
     assert 0 < sum(read) < 1000  # just the new entry
     a.close()
     b.close()
+
+
+_NO_WORKERS_LEFT = """
+import os, sys, time
+import numpy as np
+from stores import open_store
+from stores.base import Record
+threads = lambda: len(os.listdir("/proc/self/task"))
+store = open_store(sys.argv[1])
+before = threads()
+many = np.random.default_rng(0).standard_normal((20_000, 16)).astype(np.float32)
+store.upsert([Record(f"r{i}", v, "", {}) for i, v in enumerate(many)])
+assert store.query(many[1], 5)[0].id == "r1"  # a flat search of this many rows is parallel
+store.upsert([Record(f"s{i}", v, "", {}) for i, v in enumerate(many[:100] + 1)])
+assert store.query(many[50] + 1, 5)[0].id == "s50"
+deadline = time.monotonic() + 5
+while threads() > before and time.monotonic() < deadline:
+    time.sleep(0.05)  # the workers of a build thread leave shortly after it ends
+print(before, threads())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir() or (os.cpu_count() or 1) < 2,
+                    reason="counts threads in /proc; OpenMP starts no workers on one core")
+def test_faiss_leaves_no_openmp_workers_behind(url: str) -> None:
+    """A thread that ran a parallel FAISS loop (an index build, a flat search of many rows)
+    would keep its OpenMP workers while it lives, and slow every other OpenMP team in the
+    process (the embedding model's) down. In a process of its own, to count its threads."""
+    out = subprocess.run([sys.executable, "-c", _NO_WORKERS_LEFT, url], capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    before, after = out.stdout.split()
+    assert after == before
 
 
 def test_dimension_mismatch_is_typed(url: str) -> None:
