@@ -14,7 +14,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Engine, bindparam, create_engine, event, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -59,6 +59,19 @@ def _engine(url: str) -> Engine:
             cur.close()
 
     return engine
+
+
+# What every search reads, built once: a statement built per call cost more than the query
+# (resolving 13 chunk ids: 0.44 ms built per call in an ORM session, 0.13 ms prebuilt on a
+# plain connection, 2 cores, SQLite).
+_KB_NAMED = select(KnowledgeBaseRow.__table__).where(KnowledgeBaseRow.name == bindparam("name"))
+_CHUNKS_RESOLVED = (
+    select(ChunkRow.id, ChunkRow.document_id, ChunkRow.ordinal, ChunkRow.text, ChunkRow.start,
+           ChunkRow.end, ChunkRow.page, ChunkRow.token_count, DocumentRow.name)
+    .join(DocumentRow, ChunkRow.document_id == DocumentRow.id)
+    .where(ChunkRow.id.in_(bindparam("ids", expanding=True)),
+           DocumentRow.kb_id == bindparam("kb_id"))
+)
 
 
 class Catalog:
@@ -115,12 +128,20 @@ class Catalog:
 
     def get_kb(self, name: str, counts: bool = True) -> KnowledgeBase:
         """``counts=False`` leaves ``document_count`` and ``chunk_count`` at 0 and skips
-        the two aggregate queries (a search needs the settings, not the totals)."""
-        with self._session() as s:
-            row = s.scalar(select(KnowledgeBaseRow).where(KnowledgeBaseRow.name == name))
-            if row is None:
-                raise NotFound(f"knowledge base {name!r} does not exist (see `rag kb list`)")
-            return _kb(row, *self._kb_counts(s, row.id)) if counts else _kb(row)
+        the two aggregate queries (a search needs the settings, not the totals), and reads
+        a plain row."""
+        found: Any
+        if not counts:
+            with self.engine.connect() as conn:
+                found = conn.execute(_KB_NAMED, {"name": name}).first()
+        else:
+            with self._session() as s:
+                found = s.scalar(select(KnowledgeBaseRow).where(KnowledgeBaseRow.name == name))
+                if found is not None:
+                    return _kb(found, *self._kb_counts(s, found.id))
+        if found is None:
+            raise NotFound(f"knowledge base {name!r} does not exist (see `rag kb list`)")
+        return _kb(found)
 
     def list_kbs(self) -> list[KnowledgeBase]:
         with self._session() as s:
@@ -301,19 +322,12 @@ class Catalog:
 
     def resolve_chunks(self, kb_id: int, ids: Sequence[str]) -> dict[str, tuple[ChunkInfo, str]]:
         """The indexed chunks among ``ids`` with their documents' names (unknown ids are left
-        out). Every search calls this: plain rows, not ORM objects (0.43 ms against 0.69 ms
-        for 13 ids on 2 cores)."""
+        out). Every search calls this: plain rows from a prebuilt statement."""
         if not ids:
             return {}
-        q = (
-            select(ChunkRow.id, ChunkRow.document_id, ChunkRow.ordinal, ChunkRow.text,
-                   ChunkRow.start, ChunkRow.end, ChunkRow.page, ChunkRow.token_count,
-                   DocumentRow.name)
-            .join(DocumentRow, ChunkRow.document_id == DocumentRow.id)
-            .where(ChunkRow.id.in_(list(ids)), DocumentRow.kb_id == kb_id)
-        )
-        with self._session() as s:
-            return {r[0]: (ChunkInfo(*r[:8]), r[8]) for r in s.execute(q)}
+        with self.engine.connect() as conn:
+            rows = conn.execute(_CHUNKS_RESOLVED, {"ids": list(ids), "kb_id": kb_id})
+            return {r[0]: (ChunkInfo(*r[:8]), r[8]) for r in rows}
 
     def chunk_total(self, kb_id: int) -> int:
         with self._session() as s:
@@ -403,7 +417,8 @@ def _new_document(
                        meta={})
 
 
-def _kb(row: KnowledgeBaseRow, documents: int = 0, chunks: int = 0) -> KnowledgeBase:
+def _kb(row: Any, documents: int = 0, chunks: int = 0) -> KnowledgeBase:
+    """From an ORM row or a plain one (the same column names)."""
     return KnowledgeBase(
         id=row.id, name=row.name, description=row.description,
         embedding_model=row.embedding_model, embedding_dim=row.embedding_dim,

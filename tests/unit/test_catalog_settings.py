@@ -4,7 +4,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from ingest.catalog import Catalog
+from ingest.catalog import Catalog, ChunkInfo
 from ingest.catalog.models import Base
 from rag.settings import Settings
 from stores.errors import Conflict, InvalidInput, NotFound
@@ -47,3 +47,20 @@ def test_settings_reject_unknown_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 
     with pytest.raises(ValidationError):
         Settings(_env_file=None, retrieval={"top_kk": 3})  # type: ignore[call-arg]
+
+
+def test_the_reads_of_a_search_match_the_full_records(tmp_path: Path) -> None:
+    c = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
+    c.create_kb("docs", "m", 8, "faiss:///x", {"chunk_size": 250})
+    full = c.get_kb("docs")
+    a, b = c.create_kb("a", "m", 8, "faiss:///a", {}), c.create_kb("b", "m", 8, "faiss:///b", {})
+    light = c.get_kb("docs", counts=False)
+    assert light == full and isinstance(light.chunking, dict)
+    with pytest.raises(NotFound, match="rag kb list"):
+        c.get_kb("nope", counts=False)
+    chunk = ChunkInfo("c1", "d1", 0, "text", 0, 4, None, 1)
+    c.begin_documents([("d1", a.id, "one.txt", "/one.txt", "text/plain", 4)])
+    c.finish_documents([("d1", "sha", "text/plain", 4, {}, [chunk])])
+    assert c.resolve_chunks(a.id, ["c1", "nope"]) == {"c1": (chunk, "one.txt")}
+    assert c.resolve_chunks(b.id, ["c1"]) == {}  # another knowledge base's chunk
+    assert c.resolve_chunks(a.id, []) == {}
