@@ -3,8 +3,9 @@
 Text is tokenized here (jieba words for Chinese, lower-cased words for other scripts,
 stop words dropped, Latin-script words reduced to their English Snowball stem) and the
 tokens are kept in an SQLite FTS5 table, whose ``bm25()`` ranks matches; a plain table maps
-chunk ids to its rows (FTS5 cannot index an id column: a delete by id was a scan of the whole
-table, so indexing a knowledge base took time quadratic in its size). The index lives
+chunk ids and document ids to its rows (FTS5 cannot index an id column: a delete by id was a
+scan of the whole table, so indexing a knowledge base took time quadratic in its size, and
+deleting a document from 100,000 chunks took 99 ms). The index lives
 in one SQLite file per knowledge base, written by the same pipeline step as the vectors and
 deleted with them. The file's ``user_version`` names the tokenization its tokens were made
 with; an index written by an earlier one is converted when it is opened.
@@ -122,6 +123,7 @@ class KeywordIndex:
             self._db.commit()
             self._upgrade()
             self._map_ids()
+            self._map_documents()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open keyword index {self.path}: {exc}") from exc
 
@@ -161,6 +163,25 @@ class KeywordIndex:
             self._db.execute("INSERT OR IGNORE INTO chunk_ids(rid, id) SELECT rowid, id "
                              "FROM chunks WHERE rowid NOT IN (SELECT rid FROM chunk_ids)")
 
+    def _map_documents(self) -> None:
+        """Give the id table a document column; an index written before it had one gets it
+        filled from the entries' metadata."""
+        if self._has_document_column():
+            return  # the usual case: no write lock taken
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")  # one process adds it, the others wait
+            if self._has_document_column():
+                return
+            self._db.execute("ALTER TABLE chunk_ids ADD COLUMN doc TEXT")
+            self._db.execute(
+                "UPDATE chunk_ids SET doc = (SELECT json_extract(metadata, '$.document_id') "
+                "FROM chunks WHERE chunks.rowid = chunk_ids.rid)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS chunk_ids_doc ON chunk_ids(doc)")
+
+    def _has_document_column(self) -> bool:
+        return any(col[1] == "doc"
+                   for col in self._db.execute("PRAGMA table_info(chunk_ids)").fetchall())
+
     def _rows_of(self, ids: Sequence[str]) -> list[int]:
         rids: list[int] = []
         for at in range(0, len(ids), 500):
@@ -177,7 +198,7 @@ class KeywordIndex:
     def upsert(self, items: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
         """Index ``(id, text, metadata)`` items, replacing earlier entries with the same id
         (and, within ``items``, earlier items with the same id)."""
-        latest = {cid: (" ".join(tokenize(text)), json.dumps(meta))
+        latest = {cid: (" ".join(tokenize(text)), json.dumps(meta), meta.get("document_id"))
                   for cid, text, meta in items}
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
@@ -186,12 +207,12 @@ class KeywordIndex:
                 "SELECT max((SELECT coalesce(max(rid), 0) FROM chunk_ids), "
                 "coalesce((SELECT rowid FROM chunks ORDER BY rowid DESC LIMIT 1), 0))"
             ).fetchone()[0]
-            rows = [(top + n, tokens, cid, meta)
-                    for n, (cid, (tokens, meta)) in enumerate(latest.items(), start=1)]
-            self._db.executemany("INSERT INTO chunk_ids(rid, id) VALUES (?, ?)",
-                                 [(r[0], r[2]) for r in rows])
-            self._db.executemany(
-                "INSERT INTO chunks(rowid, tokens, id, metadata) VALUES (?,?,?,?)", rows)
+            rows = [(top + n, tokens, cid, meta, doc)
+                    for n, (cid, (tokens, meta, doc)) in enumerate(latest.items(), start=1)]
+            self._db.executemany("INSERT INTO chunk_ids(rid, id, doc) VALUES (?, ?, ?)",
+                                 [(r[0], r[2], r[4]) for r in rows])
+            self._db.executemany("INSERT INTO chunks(rowid, tokens, id, metadata) "
+                                 "VALUES (?,?,?,?)", [r[:4] for r in rows])
 
     def delete(self, ids: Sequence[str]) -> None:
         with self._lock, self._db:
@@ -203,8 +224,7 @@ class KeywordIndex:
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._remove_rows([r for (r,) in self._db.execute(
-                "SELECT rowid FROM chunks WHERE json_extract(metadata, '$.document_id') = ?",
-                (document_id,))])
+                "SELECT rid FROM chunk_ids WHERE doc = ?", (document_id,))])
 
     def count(self) -> int:
         with self._lock:

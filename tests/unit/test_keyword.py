@@ -112,3 +112,26 @@ def test_an_index_written_without_the_id_table_gets_one_on_open(tmp_path: Path) 
     index = KeywordIndex(path)  # a second open finds the table and leaves it
     assert [h.id for h in index.search("walking", 5)] == ["a"] and index.count() == 1
     index.close()
+
+
+def test_an_index_written_without_the_document_column_gets_it_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "kw.sqlite"
+    _old_index(path)
+    db = sqlite3.connect(path)  # the id table as the release before the document column had it
+    db.execute("CREATE TABLE chunk_ids(rid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE)")
+    db.execute("INSERT INTO chunk_ids(rid, id) SELECT rowid, id FROM chunks")
+    db.commit()
+    db.close()
+    index = KeywordIndex(path)
+    index.upsert([("c", "tomato salad", {"document_id": "d2"})])
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT id, doc FROM chunk_ids ORDER BY id").fetchall() == [
+        ("a", "d1"), ("b", "d2"), ("c", "d2")]
+    plan = db.execute("EXPLAIN QUERY PLAN SELECT rid FROM chunk_ids WHERE doc = 'd2'").fetchall()
+    assert "chunk_ids_doc" in str(plan)  # a document's delete is a lookup, not a scan
+    db.close()
+    index.delete_document("d2")  # old and new entries alike
+    assert index.count() == 1 and index.search("tomato", 5) == []
+    index.delete_document("d1")
+    assert index.count() == 0
+    index.close()
