@@ -18,7 +18,7 @@ import logging
 import re
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -127,17 +127,23 @@ class KeywordIndex:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open keyword index {self.path}: {exc}") from exc
 
+    def _migrate(self, done: Callable[[], bool], apply: Callable[[], None]) -> None:
+        """Run ``apply`` unless ``done()``: checked first without a write lock (the usual
+        case: nothing to do), then again under ``BEGIN IMMEDIATE``, so one process migrates
+        the file and the others wait, then find it done."""
+        if done():
+            return
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            if not done():
+                apply()
+
     def _upgrade(self) -> None:
         """Bring tokens written by an earlier tokenization up to this one, in place: each
         version so far is the one before with every token mapped, so no text is needed."""
-        if self._version() >= TOKENIZER_VERSION:
-            return  # the usual case: no write lock taken
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")  # one process converts, the others wait
-            version = self._version()
-            if version >= TOKENIZER_VERSION:
-                return
-            if version == 0:
+
+        def convert() -> None:
+            if self._version() == 0:
                 rows = self._db.execute("SELECT rowid, tokens FROM chunks").fetchall()
                 if rows:
                     logger.info("keyword index %s: converting %d entries to stemmed tokens",
@@ -148,39 +154,37 @@ class KeywordIndex:
                      for rowid, tokens in rows])
             self._db.execute(f"PRAGMA user_version = {TOKENIZER_VERSION}")
 
+        self._migrate(lambda: self._version() >= TOKENIZER_VERSION, convert)
+
     def _version(self) -> int:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def _map_ids(self) -> None:
         """Create the id -> row table; an index written before it had one gets it filled."""
-        if self._db.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = 'chunk_ids'").fetchone() is not None:
-            return  # the usual case: no write lock taken
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")  # one process fills it, the others wait
-            self._db.execute("CREATE TABLE IF NOT EXISTS chunk_ids("
+
+        def create() -> None:
+            self._db.execute("CREATE TABLE chunk_ids("
                              "rid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE)")
-            self._db.execute("INSERT OR IGNORE INTO chunk_ids(rid, id) SELECT rowid, id "
-                             "FROM chunks WHERE rowid NOT IN (SELECT rid FROM chunk_ids)")
+            self._db.execute("INSERT INTO chunk_ids(rid, id) SELECT rowid, id FROM chunks")
+
+        self._migrate(lambda: self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'chunk_ids'").fetchone() is not None,
+            create)
 
     def _map_documents(self) -> None:
         """Give the id table a document column; an index written before it had one gets it
         filled from the entries' metadata."""
-        if self._has_document_column():
-            return  # the usual case: no write lock taken
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")  # one process adds it, the others wait
-            if self._has_document_column():
-                return
+
+        def add() -> None:
             self._db.execute("ALTER TABLE chunk_ids ADD COLUMN doc TEXT")
             self._db.execute(
                 "UPDATE chunk_ids SET doc = (SELECT json_extract(metadata, '$.document_id') "
                 "FROM chunks WHERE chunks.rowid = chunk_ids.rid)")
-            self._db.execute("CREATE INDEX IF NOT EXISTS chunk_ids_doc ON chunk_ids(doc)")
+            self._db.execute("CREATE INDEX chunk_ids_doc ON chunk_ids(doc)")
 
-    def _has_document_column(self) -> bool:
-        return any(col[1] == "doc"
-                   for col in self._db.execute("PRAGMA table_info(chunk_ids)").fetchall())
+        self._migrate(lambda: any(
+            col[1] == "doc"
+            for col in self._db.execute("PRAGMA table_info(chunk_ids)").fetchall()), add)
 
     def _rows_of(self, ids: Sequence[str]) -> list[int]:
         rids: list[int] = []
