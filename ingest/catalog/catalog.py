@@ -14,7 +14,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, bindparam, create_engine, event, func, select
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -128,20 +128,12 @@ class Catalog:
 
     def get_kb(self, name: str, counts: bool = True) -> KnowledgeBase:
         """``counts=False`` leaves ``document_count`` and ``chunk_count`` at 0 and skips
-        the two aggregate queries (a search needs the settings, not the totals), and reads
-        a plain row."""
-        found: Any
-        if not counts:
-            with self.engine.connect() as conn:
-                found = conn.execute(_KB_NAMED, {"name": name}).first()
-        else:
-            with self._session() as s:
-                found = s.scalar(select(KnowledgeBaseRow).where(KnowledgeBaseRow.name == name))
-                if found is not None:
-                    return _kb(found, *self._kb_counts(s, found.id))
-        if found is None:
-            raise NotFound(f"knowledge base {name!r} does not exist (see `rag kb list`)")
-        return _kb(found)
+        the two aggregate queries (a search needs the settings, not the totals)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(_KB_NAMED, {"name": name}).first()
+            if row is None:
+                raise NotFound(f"knowledge base {name!r} does not exist (see `rag kb list`)")
+            return _kb(row, *self._kb_counts(conn, row.id)) if counts else _kb(row)
 
     def list_kbs(self) -> list[KnowledgeBase]:
         with self._session() as s:
@@ -170,7 +162,7 @@ class Catalog:
             s.delete(row)
 
     @staticmethod
-    def _kb_counts(s: Session, kb_id: int) -> tuple[int, int]:
+    def _kb_counts(s: Session | Connection, kb_id: int) -> tuple[int, int]:
         docs = s.scalar(
             select(func.count()).select_from(DocumentRow).where(DocumentRow.kb_id == kb_id)
         )
