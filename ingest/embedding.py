@@ -168,8 +168,7 @@ class SentenceTransformerEmbedder:
         to count a document's pieces from one tokenizer call; None without a fast
         tokenizer. It saves a call per piece, work done in the main thread while the model
         encodes (see ``Chunker``)."""
-        self._counter()
-        rust = self._rust
+        rust = self._rust_tokenizer()
         if rust is None:
             return None
         return list(rust.encode(text, add_special_tokens=False).offsets)
@@ -180,12 +179,16 @@ class SentenceTransformerEmbedder:
         1,339 chunks (205,006 tokens as the model sees them) sorted by characters fill
         batches of 16 with 247,081 token positions; sorted by tokens, 206,737. One batched
         tokenizer call: about 1% of the encode's time."""
-        self._counter()
-        rust = self._rust
+        rust = self._rust_tokenizer()
         if rust is None:
             return [len(t) for t in texts]
         encode = getattr(rust, "encode_batch_fast", None) or rust.encode_batch
         return [len(e) for e in encode(texts, add_special_tokens=False)]
+
+    def _rust_tokenizer(self) -> Any:
+        """The counter's Rust tokenizer (made with the counter); None without a fast one."""
+        self._counter()
+        return self._rust
 
     def _counter(self) -> Callable[[str], int]:
         """A token counter on a copy of the tokenizer, without truncation or padding: the
