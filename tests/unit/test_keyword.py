@@ -19,6 +19,17 @@ def test_tokens_are_stemmed_english_and_unchanged_chinese() -> None:
     assert tokenize("COVID19 in 2020") == ["covid19", "2020"]  # not words: as they are
 
 
+def test_chinese_tokens_are_search_mode_words_and_characters() -> None:
+    tokens = tokenize("小明硕士毕业于中国科学院计算所")
+    # jieba's search mode: the long word and the dictionary words inside it
+    for word in ("中国科学院", "中国", "科学院", "学院", "计算所", "计算", "硕士", "毕业"):
+        assert word in tokens
+    assert {"科", "院", "算"} <= set(tokens)  # and every character
+    # Latin letters and digits inside Chinese text: the query and the passage agree
+    assert set(tokenize("2.4km")) <= set(tokenize("全程2.4km，建于1958-1965年"))
+    assert {"1958", "1965"} <= set(tokenize("全程2.4km，建于1958-1965年"))
+
+
 def test_search_matches_other_forms_of_a_word(tmp_path: Path) -> None:
     index = KeywordIndex(tmp_path / "kw.sqlite")
     index.upsert([("a", "She runs marathons in light shoes.", {"document_id": "d1"}),
