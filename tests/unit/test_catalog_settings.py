@@ -64,3 +64,27 @@ def test_the_reads_of_a_search_match_the_full_records(tmp_path: Path) -> None:
     assert c.resolve_chunks(a.id, ["c1", "nope"]) == {"c1": (chunk, "one.txt")}
     assert c.resolve_chunks(b.id, ["c1"]) == {}  # another knowledge base's chunk
     assert c.resolve_chunks(a.id, []) == {}
+
+
+def test_timestamps_read_back_in_utc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+    from datetime import UTC, timedelta
+
+    monkeypatch.setenv("TZ", "Asia/Shanghai")  # where a naive UTC time reads 8 hours off
+    time.tzset()
+    try:
+        c = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
+        made = c.create_kb("docs", "m", 8, "faiss:///x", {})
+        assert made.created_at.tzinfo is not None
+        read = c.get_kb("docs")
+        assert read.created_at == made.created_at and read.created_at.utcoffset() == timedelta(0)
+        assert c.get_kb("docs", counts=False).created_at == made.created_at
+        assert abs(read.created_at.timestamp() - time.time()) < 60
+        c.begin_documents([("d1", made.id, "one.txt", "/one.txt", "text/plain", 4)])
+        doc = c.get_document(made.id, "d1")
+        assert doc.created_at.tzinfo is UTC and doc.updated_at.tzinfo is UTC
+        job = c.get_job(c.create_job("ingest", made.id, 1).id)
+        assert job.created_at is not None and job.created_at.tzinfo is UTC
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
