@@ -75,6 +75,9 @@ def test_onnx_matches_the_torch_model(backend: str, floor: float, cache: Path,
     assert len(softmaxes) == 6  # MiniLM-L6's layers
     assert {n.op_type for n in nodes if set(n.input) & set(softmaxes)} == {"MatMul"}
     assert onnx._model[0].auto_model.config._attn_implementation == "sdpa"  # put back
+    # its threads block between runs instead of spinning (and slowing PyTorch's)
+    options = onnx._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_document_batches_group_texts_of_like_token_length() -> None:
