@@ -51,11 +51,11 @@ def _segmenter() -> Callable[[str, bool], list[str]]:
     """jieba's search-mode segmentation (its dictionary and HMM) in jieba-rs, the Rust port:
     CMRC 2018 dev's 848 passages take 0.08 s against the Python jieba's 1.13 s, whose CPU
     competed with the embedding model's threads during an ingest (ingestion against the bare
-    encode: 0.92 -> 0.97). Loaded on first use (0.1 s; the Python jieba took 0.65 s). The two
-    agree on Chinese words; on Latin letters and digits inside Chinese text jieba-rs keeps
-    whole runs (``2.4km``, not ``2.4`` + ``km``), which changes 0.07% of CMRC's tokens:
-    entries indexed with the Python jieba keep those few until their document is ingested
-    again."""
+    encode: 0.92 -> 0.93-0.97 over four runs). Loaded on first use (0.1 s; the Python jieba
+    took 0.65 s). The two agree on Chinese words; on Latin letters and digits inside Chinese
+    text jieba-rs keeps whole runs (``2.4km``, not ``2.4`` + ``km``), which changes 0.07% of
+    CMRC's tokens: entries indexed with the Python jieba keep those few until their document
+    is ingested again."""
     import rjieba
 
     return rjieba.cut_for_search
