@@ -63,9 +63,14 @@ def _segmenter() -> Callable[[str, bool], list[str]]:
 
 @lru_cache(maxsize=1)
 def _stemmer() -> Any:
-    import snowballstemmer
+    """Snowball's English stemmer in C (PyStemmer): the stems of the pure-Python
+    snowballstemmer, 19x faster (39,270 words of the three benchmark sets: the same stem for
+    every one, 0.04 s against 0.78 s). A first ingestion stems each distinct word once:
+    squad-v2-dev's 14,081 took about 0.3 s in Python, time that shows on a GPU, where the
+    model no longer hides the rest of ingestion."""
+    import Stemmer
 
-    return snowballstemmer.stemmer("english")
+    return Stemmer.Stemmer("english")
 
 
 @lru_cache(maxsize=200_000)
@@ -81,19 +86,18 @@ def stem(word: str) -> str:
 def tokenize(text: str) -> list[str]:
     """Search tokens: jieba words and characters for Chinese, lower-cased words elsewhere,
     no stop words, Latin-script words stemmed."""
-    tokens: list[str] = []
     if has_cjk(text):
         # jieba's words, plus each Chinese character: a query segmented differently from
         # the passage (休完 / 未休 完) still meets it, and BM25's IDF keeps common ones cheap.
         pieces = _segmenter()(text, True)
-        pieces.extend(ch for ch in text if _CJK.match(ch))
-        words = [w for piece in pieces for w in _WORD.findall(piece.lower())]
+        pieces.extend(_CJK.findall(text))
+        # One regex pass over the pieces joined by spaces, not one per piece (a passage has
+        # one per character): the same words, as no word runs across a space.
+        words = _WORD.findall(" ".join(pieces).lower())
     else:
         words = _WORD.findall(text.lower())
-    for word in words:
-        if word not in STOP_WORDS and not (len(word) == 1 and word.isascii()):
-            tokens.append(stem(word))
-    return tokens
+    return [stem(word) for word in words
+            if word not in STOP_WORDS and not (len(word) == 1 and word.isascii())]
 
 
 @dataclass(frozen=True)
