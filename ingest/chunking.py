@@ -99,9 +99,10 @@ class Chunker:
             strip_whitespace=True,
         )
 
-    def _counter(self, text: str) -> _Count:
-        """Token counts of spans of ``text``."""
-        spans = self._token_offsets(text) if self._token_offsets is not None else None
+    def _counter(self, text: str, spans: list[tuple[int, int]] | None = None) -> _Count:
+        """Token counts of spans of ``text`` (``spans``: its tokens' spans, when known)."""
+        if spans is None and self._token_offsets is not None:
+            spans = self._token_offsets(text)
         if spans is not None:
             starts = [a for a, _ in spans]
             ends = [b for _, b in spans]
@@ -119,9 +120,12 @@ class Chunker:
 
         return count
 
-    def split(self, doc: LoadedDocument) -> list[Chunk]:
+    def split(self, doc: LoadedDocument,
+              token_spans: list[tuple[int, int]] | None = None) -> list[Chunk]:
+        """``token_spans``: the spans of the document's tokens, when the caller has them
+        (the pipeline tokenizes many documents in one call); else asked for here."""
         text = doc.text
-        count = self._counter(text)
+        count = self._counter(text, token_spans)
         chunks = [Chunk(i, text[a:b], a, b, doc.page_at(a), count(a, b))
                   for i, (a, b) in enumerate(self._spans(text, count))]
         return self._attach_lone_headings(doc, chunks, count)

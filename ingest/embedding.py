@@ -173,6 +173,14 @@ class SentenceTransformerEmbedder:
             return None
         return list(rust.encode(text, add_special_tokens=False).offsets)
 
+    def token_offsets_batch(self, texts: list[str]) -> list[list[tuple[int, int]]] | None:
+        """``token_offsets`` of many texts in one call, which the Rust tokenizer spreads over
+        the cores; None without a fast tokenizer."""
+        rust = self._rust_tokenizer()
+        if rust is None:
+            return None
+        return [list(e.offsets) for e in rust.encode_batch(texts, add_special_tokens=False)]
+
     def _token_lengths(self, texts: list[str]) -> list[int]:
         """Token counts of ``texts``, to sort them into batches of like length. Characters
         (what ``SentenceTransformer.encode`` sorts by) are a poor proxy: squad-v2-dev's

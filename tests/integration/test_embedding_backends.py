@@ -152,6 +152,7 @@ def test_the_chunker_counts_minilm_tokens_from_one_call_per_document(real_embedd
     from ingest.loaders import load_file
 
     config = ChunkingConfig(chunk_size=24, chunk_overlap=6)
+    docs = []
     for path in sorted(SAMPLES.iterdir()):
         if path.suffix not in (".md", ".html", ".pdf"):
             continue
@@ -163,3 +164,10 @@ def test_the_chunker_counts_minilm_tokens_from_one_call_per_document(real_embedd
                              real_embedder.token_offsets).split(doc)
         assert by_offsets == by_piece and len(by_piece) > 3, path.name
         assert all(c.token_count == real_embedder.count_tokens(c.text) for c in by_offsets)
+        docs.append(doc)
+    # Many documents tokenized in one call give the same spans, and so the same chunks.
+    together = real_embedder.token_offsets_batch([d.text for d in docs])
+    assert together == [real_embedder.token_offsets(d.text) for d in docs]
+    chunker = Chunker(config, real_embedder.count_tokens)
+    assert ([chunker.split(d, s) for d, s in zip(docs, together, strict=True)]
+            == [chunker.split(d) for d in docs])

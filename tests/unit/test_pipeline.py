@@ -215,3 +215,45 @@ def test_a_later_chunk_is_found_by_its_documents_title(fake_rag: RAG, tmp_path: 
     assert len(hits) > 1  # not only the first chunk, which holds the title
     assert any("Zanzibar" not in p.text for p in hits)
     assert all(p.text.startswith("Zanzibar") == (p.start == 0) for p in hits)
+
+
+def test_files_are_tokenized_for_chunking_together_with_the_same_chunks(
+        settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An embedder with ``token_offsets_batch`` gets the texts of many files in one call, and
+    the chunks are those its per-text ``token_offsets`` gives."""
+    from tests.helpers import _TOKEN, ExtractiveGenerator, HashEmbedder
+
+    class SpanEmbedder(HashEmbedder):
+        def __init__(self, batched: bool) -> None:
+            super().__init__()
+            self.batches: list[int] = []
+            if batched:
+                self.token_offsets_batch = self._batch
+
+        def token_offsets(self, text: str) -> list[tuple[int, int]]:
+            return [m.span() for m in _TOKEN.finditer(text)]
+
+        def _batch(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+            self.batches.append(len(texts))
+            return [self.token_offsets(t) for t in texts]
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(30):
+        (folder / f"note-{i:02}.md").write_text(
+            f"# Note {i}\n\n" + " ".join(f"Sentence {j} of note {i}." for j in range(40 + i)))
+    (folder / "empty.txt").write_text("   ")
+    chunks = {}
+    for batched in (False, True):
+        settings.data_dir = tmp_path / f"data-{batched}"
+        embedder = SpanEmbedder(batched)
+        rag = RAG(settings, generator=ExtractiveGenerator(), embedder=embedder)
+        report = rag.ingest([folder])
+        assert len(report.added) == 30 and [r.name for r in report.failed] == ["empty.txt"]
+        chunks[batched] = sorted((c.document_id, c.ordinal, c.text, c.token_count)
+                                 for d in rag.list_documents(limit=100)
+                                 for c in rag.catalog.list_chunks(d.id, 0, 1000))
+        assert_consistent(rag)
+        rag.close()
+    assert chunks[True] == chunks[False] and len(chunks[True]) > 30
+    assert embedder.batches == [4, 8, 16, 2]  # lookahead doubles; the empty file fails first
