@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from collections.abc import Callable
@@ -43,6 +44,22 @@ def pick_device(requested: str = "auto") -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _attention_kernels(device: Any) -> contextlib.AbstractContextManager[Any]:
+    """On a GPU, scaled-dot-product attention without cuDNN's kernel. That kernel builds an
+    execution plan for each new batch shape, again in each thread, and an embedder meets a new
+    shape at nearly every batch: on an H100, all-MiniLM-L6-v2 in float16 encoded squad-v2-dev's
+    1,204 passages in 0.94-1.30 s the first time on a thread and 0.47-0.63 s after; with
+    the flash and memory-efficient kernels, 0.44-0.60 s the first time too, the same vectors.
+    (The switch is process-wide while it lasts; other threads' attention meanwhile takes one of
+    the other kernels, which is harmless.)"""
+    if getattr(device, "type", device) != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                        SDPBackend.MATH])
 
 
 def default_model_path() -> Path:
@@ -155,7 +172,7 @@ class SentenceTransformerEmbedder:
         prepare = getattr(model, "preprocess", None) or model.tokenize  # sentence-transformers<6
         features = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v
                     for k, v in prepare(texts).items()}
-        with torch.inference_mode():
+        with torch.inference_mode(), _attention_kernels(model.device):
             vecs = model.forward(features)["sentence_embedding"]
             vecs = torch.nn.functional.normalize(vecs.float(), dim=1)
         return np.asarray(vecs.cpu().numpy(), dtype=np.float32)

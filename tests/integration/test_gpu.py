@@ -87,6 +87,15 @@ def test_embedding_on_gpu_matches_cpu() -> None:
     assert gpu.device is not None and gpu.device.startswith("cuda")
     assert str(next(gpu.model.parameters()).dtype) == "torch.float16"  # fp16 on a GPU
     assert np.allclose((a * b).sum(axis=1), 1.0, atol=1e-2)
+    # No cuDNN attention: it plans each new batch shape again on each thread (ingestion's
+    # first pass ran twice as slow on an H100).
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        gpu._encode([*texts, "a longer third text, so the batch has another shape " * 3])
+    names = {e.key for e in prof.key_averages()}
+    assert "aten::scaled_dot_product_attention" in names
+    assert not any("cudnn_attention" in n for n in names), sorted(names)
 
 
 @needs_cuda
