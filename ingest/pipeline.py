@@ -39,6 +39,7 @@ ADDED, REPLACED, UNCHANGED, FAILED = "added", "replaced", "unchanged", "failed"
 _GROUP_CHUNKS = 1024  # chunks embedded together: length-sorted batches waste less on padding
 _FIRST_GROUP_CHUNKS = 64  # the first group: the model starts after a few files
 _LOOKAHEAD_FILES = 64  # files parsed ahead, to tokenize their texts in one call for chunking
+_LOOKAHEAD_CHARS = 4_000_000  # ... or fewer, when their texts are long
 
 
 @dataclass
@@ -232,11 +233,11 @@ class IngestPipeline:
                 known = self.catalog.find_documents(kb.id, list(todo))
                 group_chunks = 0
                 loaded: list[_Loaded] = []
-                lookahead = 4
+                loaded_chars, lookahead = 0, 4
 
                 def chunk_loaded() -> None:
                     """Chunk the files parsed so far; full groups go to the model."""
-                    nonlocal group, group_chunks, group_limit, lookahead
+                    nonlocal group, group_chunks, group_limit, lookahead, loaded_chars
                     offsets = self._token_offsets([f.document.text for f in loaded])
                     for f, spans in zip(loaded, offsets, strict=True):
                         outcome = self._chunk(kb, chunker, f, spans)
@@ -250,6 +251,7 @@ class IngestPipeline:
                             group, group_chunks = [], 0
                             group_limit = min(group_limit * 2, _GROUP_CHUNKS)
                     loaded.clear()
+                    loaded_chars = 0
                     lookahead = min(lookahead * 2, _LOOKAHEAD_FILES)
 
                 for source, path in todo.items():
@@ -258,7 +260,8 @@ class IngestPipeline:
                         emit(outcome)
                         continue
                     loaded.append(outcome)
-                    if len(loaded) >= lookahead:
+                    loaded_chars += len(outcome.document.text)
+                    if len(loaded) >= lookahead or loaded_chars >= _LOOKAHEAD_CHARS:
                         chunk_loaded()
                 if loaded:
                     chunk_loaded()

@@ -218,7 +218,7 @@ def test_a_later_chunk_is_found_by_its_documents_title(fake_rag: RAG, tmp_path: 
 
 
 def test_files_are_tokenized_for_chunking_together_with_the_same_chunks(
-        settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """An embedder with ``token_offsets_batch`` gets the texts of many files in one call, and
     the chunks are those its per-text ``token_offsets`` gives."""
     from tests.helpers import _TOKEN, ExtractiveGenerator, HashEmbedder
@@ -257,3 +257,11 @@ def test_files_are_tokenized_for_chunking_together_with_the_same_chunks(
         rag.close()
     assert chunks[True] == chunks[False] and len(chunks[True]) > 30
     assert embedder.batches == [4, 8, 16, 2]  # lookahead doubles; the empty file fails first
+    # Long texts are tokenized fewer at a time: here, each alone.
+    monkeypatch.setattr("ingest.pipeline._LOOKAHEAD_CHARS", 100)
+    settings.data_dir = tmp_path / "data-long"
+    embedder = SpanEmbedder(True)
+    rag = RAG(settings, generator=ExtractiveGenerator(), embedder=embedder)
+    assert len(rag.ingest([folder]).added) == 30
+    rag.close()
+    assert embedder.batches == [1] * 30
