@@ -90,27 +90,27 @@ class IngestReport:
 
 
 @dataclass
-class _Loaded:
-    """A file read and parsed, waiting for its chunking."""
-
+class _File:
     path: Path
     source: str
     doc_id: str
     data_sha: str
     size: int
     mime: str
+
+
+@dataclass
+class _Loaded(_File):
+    """A file read and parsed, waiting for its chunking."""
+
     document: LoadedDocument
     existing: Document | None
 
 
 @dataclass
-class _Prepared:
-    path: Path
-    source: str
-    doc_id: str
-    data_sha: str
-    size: int
-    mime: str
+class _Prepared(_File):
+    """A file chunked, waiting for its vectors (its text is no longer kept)."""
+
     chunks: list[Chunk]
     metadata: dict[str, object]
     existing: Document | None
