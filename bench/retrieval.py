@@ -88,9 +88,8 @@ def ours(dataset: Dataset, questions: list[Any], work: Path, backend: str, round
         on = getattr(rag.embedder, "device", None) or "cpu"
         paths = write_passages(dataset, work / "docs")
         # A first ingestion before any timing: the first one in a process pays for imports,
-        # the segmenter's dictionary, query compilation and, on a GPU, CUDA kernels and
-        # cuBLAS (3.2 s more than the next on an H100; on 2 CPU cores it hides in the 25 s
-        # of the encode).
+        # the segmenter's dictionary, query compilation and, on a GPU, the first kernels
+        # (small beside the 25 s of the encode on 2 CPU cores, not beside 1.3 s on a GPU).
         rag.create_kb("warm-up")
         rag.ingest(paths[:50], kb="warm-up")
         rag.delete_kb("warm-up")
