@@ -115,12 +115,15 @@ class OnnxEmbedder(SentenceTransformerEmbedder):
                                    "RAG_EMBEDDING__BACKEND=torch for this model") from exc
         return target
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        """One batch, on the model thread."""
+    def _prepare(self, texts: list[str]) -> Any:
         if self._session is None:
             self.warm_up()
-        enc = self._model.tokenizer(texts, padding=True, truncation=True,
-                                    max_length=self._max_length, return_tensors="np")
+        with self._prepare_lock:
+            return self._model.tokenizer(texts, padding=True, truncation=True,
+                                         max_length=self._max_length, return_tensors="np")
+
+    def _forward(self, enc: Any) -> np.ndarray:
+        """A prepared batch, on the model thread."""
         feed = {name: enc[name].astype(np.int64) for name in self._inputs}
         hidden = self._session.run(None, feed)[0]
         if self._pooling == "cls":

@@ -48,14 +48,19 @@ class ModelThread:
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the model thread and return its result (or raise its error)."""
-        if threading.current_thread() is self._thread:
-            return fn(*args)  # a call from inside a call: run it in place
+        return self.submit(fn, *args).result()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Queue ``fn(*args)`` for the model thread; its future holds the result or error."""
         future: Future[T] = Future()
+        if threading.current_thread() is self._thread:
+            _settle(future, lambda: fn(*args))  # a call from inside a call: run it in place
+            return future
         with self._cond:
             self._start()
             self._tasks.append((lambda: fn(*args), future))
             self._cond.notify()
-        return future.result()
+        return future
 
     def query(self, text: str) -> Any:
         """``encode_queries([text])[0]``, batched with the queries waiting at the same time."""

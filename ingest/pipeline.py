@@ -211,12 +211,14 @@ class IngestPipeline:
 
         # Embedding a group runs in a worker thread while this thread reads and chunks the
         # next files and writes the previous group: the model, the slow part, never waits.
-        # The first groups are small, so the model starts within a few files instead of
-        # waiting for a full group to be read and chunked; later ones grow to _GROUP_CHUNKS.
+        # Two workers: the next group is sorted and tokenized while the model still runs
+        # the last batch of the one before. The first groups are small, so the model starts
+        # within a few files instead of waiting for a full group to be read and chunked;
+        # later ones grow to _GROUP_CHUNKS.
         group: list[_Prepared] = []
         group_limit = _FIRST_GROUP_CHUNKS
         pending: tuple[list[_Prepared], Future[np.ndarray]] | None = None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-embed") as pool:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="rag-embed") as pool:
 
             def submit(ready: list[_Prepared]) -> None:
                 nonlocal pending

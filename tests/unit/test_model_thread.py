@@ -132,3 +132,20 @@ def test_the_thread_ends_when_idle_and_the_next_call_starts_another() -> None:
     assert worker.call(threading.current_thread) is not first, "a new thread serves calls"
     assert worker.call(rec.task, "b") == "b" and worker.query("c") == "C"
     worker.close()
+
+
+def test_submit_queues_without_waiting_and_its_future_holds_the_result_or_error() -> None:
+    rec = Recorder()
+    worker = ModelThread("test-model", rec.encode)
+    release, held = _blocked(worker, rec)
+    first = worker.submit(rec.task, "first")
+    failing = worker.submit(lambda: 1 / 0)
+    assert not first.done() and not failing.done()  # queued behind the held call
+    release.set()
+    assert first.result(10) == "first" and held.result(10) == "held"
+    with pytest.raises(ZeroDivisionError):
+        failing.result(10)
+    inner = worker.call(lambda: worker.submit(rec.task, "inner"))
+    assert inner.done() and inner.result() == "inner"  # from the model thread: in place
+    assert len(rec.threads) == 1
+    worker.close()
