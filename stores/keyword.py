@@ -210,11 +210,20 @@ class KeywordIndex:
         self._db.executemany("DELETE FROM chunks WHERE rowid = ?", [(r,) for r in rids])
         self._db.executemany("DELETE FROM chunk_ids WHERE rid = ?", [(r,) for r in rids])
 
-    def upsert(self, items: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+    @staticmethod
+    def tokens_of(texts: Sequence[str]) -> list[str]:
+        """What the index stores for each text: its tokens, joined by spaces; in any thread."""
+        return [" ".join(tokenize(text)) for text in texts]
+
+    def upsert(self, items: Sequence[tuple[str, str, dict[str, Any]]],
+               tokens: Sequence[str] | None = None) -> None:
         """Index ``(id, text, metadata)`` items, replacing earlier entries with the same id
-        (and, within ``items``, earlier items with the same id)."""
-        latest = {cid: (" ".join(tokenize(text)), json.dumps(meta), meta.get("document_id"))
-                  for cid, text, meta in items}
+        (and, within ``items``, earlier items with the same id). ``tokens``: ``tokens_of``
+        the items' texts, when the caller made them beforehand (in another thread)."""
+        if tokens is None:
+            tokens = self.tokens_of([text for _, text, _ in items])
+        latest = {cid: (toks, json.dumps(meta), meta.get("document_id"))
+                  for (cid, _, meta), toks in zip(items, tokens, strict=True)}
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._remove_rows(self._rows_of(list(latest)))

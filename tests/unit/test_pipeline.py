@@ -265,3 +265,30 @@ def test_files_are_tokenized_for_chunking_together_with_the_same_chunks(
     assert len(rag.ingest([folder]).added) == 30
     rag.close()
     assert embedder.batches == [1] * 30
+
+
+def test_keyword_tokens_are_made_beside_the_model_and_index_the_same(
+        fake_rag: RAG, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group's keyword tokens are made in their own thread while the model embeds the group
+    (not in the thread that writes it), and search finds what tokenizing in place finds."""
+    import threading
+
+    from stores.keyword import KeywordIndex
+
+    threads: list[str] = []
+    tokens_of = KeywordIndex.tokens_of
+
+    def spy(texts: list[str]) -> list[str]:
+        threads.append(threading.current_thread().name)
+        return tokens_of(texts)
+
+    monkeypatch.setattr(KeywordIndex, "tokens_of", staticmethod(spy))
+    fake_rag.ingest([SAMPLES])
+    assert threads and all(t.startswith("rag-keywords") for t in threads)
+    index = fake_rag.indexes(fake_rag.catalog.get_kb("default")).keywords
+    rows = index._db.execute("SELECT id, tokens FROM chunks").fetchall()
+    texts = {c.id: c for d in fake_rag.list_documents(limit=100)
+             for c in fake_rag.catalog.list_chunks(d.id, 0, 1000)}
+    assert len(rows) == len(texts) > 0
+    hits = fake_rag.search("adult ticket observatory", mode="keyword").passages
+    assert hits and hits[0].document_name == "observatory-guide.md"
