@@ -87,7 +87,7 @@ def test_document_batches_group_texts_of_like_token_length() -> None:
     tokens than a longer sentence, and padding each batch to its longest text costs time."""
     from ingest.embedding import SentenceTransformerEmbedder
 
-    embedder = SentenceTransformerEmbedder(EmbeddingConfig(batch_size=2))
+    embedder = SentenceTransformerEmbedder(EmbeddingConfig(batch_size=2, device="cpu"))
     codes, hexes = "0x1F9E 7Zq 3.14159 #A7 9f3e 2024-01-05 x9", "4f 8d 9c 2b 7e 1a 3c 5d"
     sentence, short = "We walked home and the house was very quiet then.", "It was a good day."
     texts = [sentence, short, codes, hexes]
@@ -116,7 +116,7 @@ def test_the_next_batch_is_tokenized_in_the_callers_thread_while_the_model_runs(
     model does not wait for the tokenizer between batches (a GPU idles otherwise)."""
     from ingest.embedding import SentenceTransformerEmbedder
 
-    embedder = SentenceTransformerEmbedder(EmbeddingConfig(batch_size=1))
+    embedder = SentenceTransformerEmbedder(EmbeddingConfig(batch_size=1, device="cpu"))
     texts = ["The first text is the longest one of the three here.", "A shorter text.", "Ok."]
     prepare, forward = embedder._prepare, embedder._forward
     prepared: list[str] = []
