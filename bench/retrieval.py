@@ -252,7 +252,24 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(results["datasets"])
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
+    fig, axes = plt.subplots(2, len(names), figsize=(5.5 * len(names), 8.4), squeeze=False)
+    for ax, name in zip(axes[1], names, strict=True):
+        # Ingestion: each of our rows next to the bare encode of its own chunks, and the peers.
+        labels, values, colors = [], [], []
+        for system, row in results["datasets"][name]["ingest"].items():
+            if not isinstance(row, dict) or "passages_per_s" not in row:
+                continue
+            labels.append(system)
+            values.append(row["passages_per_s"])
+            colors.append("#2f6fec" if system.startswith("ours") else "#9aa4b2")
+            if row.get("bare_chunks_per_s"):
+                labels.append(f"bare encode\n({system})")
+                values.append(row["passages_per_s"] * row["bare_chunks_per_s"]
+                              / row["chunks_per_s"])
+                colors.append("#1d2b44")
+        ax.bar(range(len(values)), values, color=colors)
+        ax.set_xticks(range(len(values)), labels, fontsize=6.5, rotation=90)
+        ax.set_title(f"{name}: ingestion, passages/s")
     for ax, name in zip(axes[0], names, strict=True):
         r = results["datasets"][name]["retrieval"]
         labels, values = [], []
