@@ -88,3 +88,37 @@ def test_timestamps_read_back_in_utc(tmp_path: Path, monkeypatch: pytest.MonkeyP
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_a_groups_rows_are_written_in_a_few_statements_with_their_values(tmp_path: Path) -> None:
+    """Not one executemany step per row: each step lets go of the GIL and must take it back,
+    which costs up to the 5 ms switch interval while another thread runs Python."""
+    from sqlalchemy import event
+
+    catalog = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
+    kb = catalog.create_kb("kb", "m", 8, "faiss:///x", {})
+    statements: list[int] = []
+
+    @event.listens_for(catalog.engine, "before_cursor_execute")
+    def count(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        # an executemany is a step per row; a multi-row VALUES batch has flat parameters
+        rows = executemany and parameters and isinstance(parameters[0], tuple | list | dict)
+        statements.append(len(parameters) if rows else 1)
+
+    docs = [(f"d{i}", kb.id, f"n{i}.txt", f"s{i}", "text/plain", i) for i in range(300)]
+    catalog.begin_documents(docs)
+    catalog.finish_documents([
+        (f"d{i}", f"sha{i}", "text/markdown", 10 + i, {"title": f"T{i}"},
+         [ChunkInfo(f"d{i}:{j}", f"d{i}", j, f"text {i} {j}", j, j + 1, None, 3)
+          for j in range(i % 3 + 1)])
+        for i in range(300)])
+    catalog.begin_documents([*docs[:100], ("d-new", kb.id, "new.txt", "s-new", "text/plain", 1)])
+    assert sum(statements) < 40  # 300 documents, 600 chunks, 101 documents again
+    d7 = catalog.get_document(kb.id, "d7")
+    assert (d7.status, d7.sha256, d7.mime_type, d7.size, d7.metadata, d7.chunk_count) == (
+        "indexing", "sha7", "text/markdown", 17, {"title": "T7"}, 2)  # begun again, kept
+    d200 = catalog.get_document(kb.id, "d200")
+    assert (d200.status, d200.sha256, d200.chunk_count) == ("indexed", "sha200", 3)
+    assert d200.updated_at > d200.created_at
+    assert catalog.get_document(kb.id, "d-new").status == "indexing"
+    assert catalog.chunk_ids_of(["d2"]) == {"d2": ["d2:0", "d2:1", "d2:2"]}

@@ -146,3 +146,40 @@ def test_an_index_written_without_the_document_column_gets_it_on_open(tmp_path: 
     index.delete_document("d1")
     assert index.count() == 0
     index.close()
+
+
+def test_a_batch_is_written_and_removed_in_a_few_statements(tmp_path: Path) -> None:
+    """Not one executemany step per row: each step lets go of the GIL and must take it back,
+    which costs up to the 5 ms switch interval while another thread runs Python."""
+    index = KeywordIndex(tmp_path / "k.db")
+    steps: list[str] = []
+
+    class Counted:  # the connection, counting the steps asked of it from Python
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+            steps.append(sql)
+            return self.db.execute(sql, *args)
+
+        def executemany(self, sql: str, rows: list[object]) -> sqlite3.Cursor:
+            steps.extend([sql] * len(rows))
+            return self.db.executemany(sql, rows)
+
+        def __enter__(self) -> sqlite3.Connection:
+            return self.db.__enter__()
+
+        def __exit__(self, *exc: object) -> object:
+            return self.db.__exit__(*exc)
+
+    index._db = Counted(index._db)  # type: ignore[assignment]
+    items = [(f"c{i}", f"passage {i} about harbour number{i}", {"document_id": f"d{i % 50}"})
+             for i in range(500)]
+    index.upsert(items)
+    index.upsert(items[:200])  # replaced
+    index.delete([f"c{i}" for i in range(400, 450)])
+    index.delete_document("d3")
+    assert len(steps) < 40
+    assert index.count() == 500 - 50 - 9  # d3 held c3, c53, ..., c453, c403 already gone
+    assert [h.id for h in index.search("number7", 5)] == ["c7"]
+    assert index.search("number403", 5) == [] and index.search("number53", 5) == []
