@@ -197,19 +197,21 @@ class KeywordIndex:
             col[1] == "doc"
             for col in self._db.execute("PRAGMA table_info(chunk_ids)").fetchall()), add)
 
-    def _rows_of(self, ids: Sequence[str]) -> list[int]:
+    # Rows go in and out with one statement per table over a JSON array, not executemany, and
+    # come back as one JSON array, not a row at a time: each row is a step that lets go of the
+    # GIL and must take it back, and while another thread runs Python (an ingestion's
+    # tokenizers and model thread) each taking-back can wait out the interpreter's 5 ms
+    # switch interval. Writing cmrc2018-dev's 848 passages while one other thread spun took
+    # 5.9-6.1 s by executemany and 0.20 s this way (0.08-0.09 s and 0.10 s with no other thread).
+
+    def _rids(self, where: str, arg: str) -> list[int]:
+        """The rows of ``chunk_ids`` matching ``where`` (one ``?``: ``arg``)."""
         (rows,) = self._db.execute(
-            "SELECT json_group_array(rid) FROM chunk_ids "
-            "WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(list(ids)),)).fetchone()
+            f"SELECT json_group_array(rid) FROM chunk_ids WHERE {where}", (arg,)).fetchone()
         return [int(r) for r in json.loads(rows)]
 
-    # Rows go in and out with one statement per table over a JSON array, not executemany (and
-    # come back as one JSON array, not a row at a time): each row of an executemany is a step
-    # that lets go of the GIL and must take it back, and
-    # while another thread runs Python (an ingestion's tokenizers and model thread) each
-    # taking-back can wait out the interpreter's 5 ms switch interval. Writing cmrc2018-dev's
-    # 848 passages while one other thread spun took 5.9-6.1 s by executemany and 0.20 s this
-    # way (0.08-0.09 s and 0.10 s with no other thread).
+    def _rows_of(self, ids: Sequence[str]) -> list[int]:
+        return self._rids("id IN (SELECT value FROM json_each(?))", json.dumps(list(ids)))
 
     def _remove_rows(self, rids: Sequence[int]) -> None:
         if not rids:
@@ -263,9 +265,7 @@ class KeywordIndex:
         """Delete every entry whose metadata names ``document_id``."""
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            (rows,) = self._db.execute("SELECT json_group_array(rid) FROM chunk_ids WHERE doc = ?",
-                                       (document_id,)).fetchone()
-            self._remove_rows([int(r) for r in json.loads(rows)])
+            self._remove_rows(self._rids("doc = ?", document_id))
 
     def count(self) -> int:
         with self._lock:
