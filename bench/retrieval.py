@@ -132,7 +132,7 @@ def ours(dataset: Dataset, questions: list[Any], work: Path, backend: str, round
             if on == "cuda":
                 # An untimed turn first: on a GPU the first float16 encode of these shapes
                 # took 4.2 s and the next 1.1 s (cuDNN's attention plans, on an H200), a
-                # cost our own turns no longer pay since the warm-up ingestion.
+                # cost our embedder does not pay, as it leaves that kernel out.
                 bare(timed=False)
             bare()
             for r in range(1, rounds):
