@@ -187,11 +187,12 @@ class SentenceTransformerEmbedder:
         # Each batch is prepared here, in the caller's thread, while the model thread runs
         # the batch before it, so the model never waits for the tokenizer between batches.
         running: deque[tuple[list[int], Future[np.ndarray]]] = deque()
+        rank = self._worker.next_rank()  # this call's batches go before later calls'
         for start in range(0, len(order), size):
             idx = order[start : start + size]
             features = self._prepare([texts[i] for i in idx],
                                      None if encodings is None else [encodings[i] for i in idx])
-            running.append((idx, self._worker.submit(self._forward, features)))
+            running.append((idx, self._worker.submit(self._forward, features, rank=rank)))
             if len(running) > 1:
                 done, vectors = running.popleft()
                 out[done] = vectors.result()

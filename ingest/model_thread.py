@@ -23,7 +23,6 @@ and 18.4 ms once that thread had ended.
 from __future__ import annotations
 
 import threading
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -41,7 +40,8 @@ class ModelThread:
         self._encode_queries = encode_queries
         self._max_query_batch = max_query_batch
         self._queries: list[tuple[str, Future[Any]]] = []
-        self._tasks: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
+        self._tasks: list[tuple[int, Callable[[], Any], Future[Any]]] = []
+        self._ranks = 0
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -50,17 +50,28 @@ class ModelThread:
         """Run ``fn(*args)`` on the model thread and return its result (or raise its error)."""
         return self.submit(fn, *args).result()
 
-    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        """Queue ``fn(*args)`` for the model thread; its future holds the result or error."""
+    def submit(self, fn: Callable[..., T], *args: Any, rank: int = 0) -> Future[T]:
+        """Queue ``fn(*args)`` for the model thread; its future holds the result or error.
+
+        Tasks run in order of ``rank``, then of submission: a caller with many tasks takes
+        a rank from ``next_rank()`` and its tasks go before those of callers who came after
+        it (two document embeddings at once: the older finishes first, not both at the
+        end)."""
         future: Future[T] = Future()
         if threading.current_thread() is self._thread:
             _settle(future, lambda: fn(*args))  # a call from inside a call: run it in place
             return future
         with self._cond:
             self._start()
-            self._tasks.append((lambda: fn(*args), future))
+            self._tasks.append((rank, lambda: fn(*args), future))
             self._cond.notify()
         return future
+
+    def next_rank(self) -> int:
+        """A rank for ``submit``, after every rank given before."""
+        with self._cond:
+            self._ranks += 1
+            return self._ranks
 
     def query(self, text: str) -> Any:
         """``encode_queries([text])[0]``, batched with the queries waiting at the same time."""
@@ -102,7 +113,9 @@ class ModelThread:
                     del self._queries[: len(batch)]
                     task = None
                 elif self._tasks:
-                    batch, task = [], self._tasks.popleft()
+                    first = min(range(len(self._tasks)), key=lambda i: self._tasks[i][0])
+                    _, fn, future = self._tasks.pop(first)
+                    batch, task = [], (fn, future)
                 else:  # stopping, and nothing is waiting
                     self._thread, self._stopping = None, False
                     return

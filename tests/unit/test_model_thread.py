@@ -149,3 +149,22 @@ def test_submit_queues_without_waiting_and_its_future_holds_the_result_or_error(
     assert inner.done() and inner.result() == "inner"  # from the model thread: in place
     assert len(rec.threads) == 1
     worker.close()
+
+
+def test_tasks_of_an_older_rank_go_first() -> None:
+    """Two document embeddings at once: the one that took its rank first has its batches run
+    first, whatever the order they were queued in, and tasks of one rank keep their order."""
+    rec = Recorder()
+    worker = ModelThread("test-model", rec.encode)
+    older, newer = worker.next_rank(), worker.next_rank()
+    assert newer > older
+    release, held = _blocked(worker, rec)
+    done = [worker.submit(rec.task, "new-1", rank=newer),
+            worker.submit(rec.task, "old-1", rank=older),
+            worker.submit(rec.task, "new-2", rank=newer),
+            worker.submit(rec.task, "old-2", rank=older)]
+    release.set()
+    assert held.result(10) == "held"
+    assert [f.result(10) for f in done] == ["new-1", "old-1", "new-2", "old-2"]
+    assert rec.events == ["held", "old-1", "old-2", "new-1", "new-2"]
+    worker.close()

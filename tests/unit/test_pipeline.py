@@ -292,3 +292,31 @@ def test_keyword_tokens_are_made_beside_the_model_and_index_the_same(
     assert len(rows) == len(texts) > 0
     hits = fake_rag.search("adult ticket observatory", mode="keyword").passages
     assert hits and hits[0].document_name == "observatory-guide.md"
+
+
+def test_groups_grow_then_shrink_toward_the_end(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The first groups are small, so the model starts early; the last ones shrink, so the
+    group the model finishes last (whose write nothing overlaps) is small too."""
+    from tests.helpers import ExtractiveGenerator, HashEmbedder
+
+    class Recording(HashEmbedder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sizes: list[int] = []
+
+        def embed_documents(self, texts: list[str]):  # type: ignore[no-untyped-def]
+            self.sizes.append(len(texts))
+            return super().embed_documents(texts)
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(1500):
+        (folder / f"note-{i:04}.txt").write_text(f"Note {i} says hello.")
+    embedder = Recording()
+    rag = RAG(settings, generator=ExtractiveGenerator(), embedder=embedder)
+    assert len(rag.ingest([folder]).added) == 1500
+    # One chunk a file: doubling from 64 to 512, then, near the end, about half of what is
+    # left (256 at least) and the rest.
+    assert embedder.sizes == [64, 128, 256, 512, 270, 256, 14]
+    assert assert_consistent(rag) == 1500
+    rag.close()
