@@ -117,6 +117,7 @@ class SentenceTransformerEmbedder:
         self._truncating: Any = None  # see _truncating_tokenizer; False: none
         self._pad_id = 0
         self._from_encodings: bool | None = None  # None until a first batch is compared
+        self._checked_width = 0  # the longest batch compared
         self._input_keys: frozenset[str] = frozenset()  # the model's input arrays
         self._extras: dict[str, Any] = {}  # the model's inputs that are not arrays
         self.device: str | None = None
@@ -216,14 +217,22 @@ class SentenceTransformerEmbedder:
 
         ``encodings``: the texts' encodings from ``_encodings``, when the caller has them.
         The inputs are then put together from them instead of tokenizing the texts again,
-        once the first batch so made has matched the model's own inputs exactly (else the
-        model's ``preprocess`` makes them, as without encodings)."""
+        once the longest batch so made has matched the model's own inputs exactly (else
+        the model's ``preprocess`` makes them, as without encodings)."""
         if encodings is not None and self._from_encodings is not False:
             built = _batch_arrays(encodings, self._pad_id)
-            if self._from_encodings is None:  # the first batch: check against the model's
+            # A batch longer than any checked so far is checked too: a model that cuts its
+            # inputs shorter than the encodings shows it there. (The first batch of a call
+            # is its longest, so this is about one check per call at first, then none.)
+            width = built["input_ids"].shape[1]
+            if width > self._checked_width:
                 reference = self._tokenize(texts)
-                self._input_keys = _input_keys(built, reference) or frozenset()
-                self._from_encodings = bool(self._input_keys)
+                keys = _input_keys(built, reference)
+                if keys is None or (self._input_keys and keys != self._input_keys):
+                    self._from_encodings = False
+                else:
+                    self._input_keys, self._from_encodings = keys, True
+                    self._checked_width = width
                 return reference
             return self._as_inputs({k: built[k] for k in self._input_keys})
         return self._tokenize(texts)

@@ -137,8 +137,9 @@ def test_each_text_is_tokenized_once(backend: str, cache: Path) -> None:
         again = embedder.embed_documents(texts[::-1])
     finally:
         embedder.close()
-    assert [sorted(c) for c in calls] == [sorted(texts[-2:])]  # the longest pair (both cut
-    # to 256 tokens), once: the rest from the encodings
+    # The model's own tokenizer checks the longest pair (both cut to 256 tokens), once: the
+    # rest come from the encodings.
+    assert [sorted(c) for c in calls] == [sorted(texts[-2:])]
     assert embedder._from_encodings is True
     reference = embedder.model.encode(texts, normalize_embeddings=True)
     assert np.allclose(vectors, reference, atol=1e-4 if backend == "onnx" else 1e-5)
@@ -163,6 +164,28 @@ def test_a_model_whose_inputs_differ_from_the_encodings_is_tokenized_per_batch()
     for batch in calls[:2]:  # left padding moves the vectors: the model's own, per batch
         own = embedder._forward(embedder.model.preprocess(batch))
         assert np.allclose(vectors[[TEXTS.index(t) for t in batch]], own, atol=1e-5)
+
+
+def test_a_model_cutting_its_inputs_elsewhere_is_tokenized_per_batch() -> None:
+    """Short texts match the model's own inputs; a batch longer than any checked before is
+    checked too, and a model that cuts its inputs shorter than the encodings (here at 64
+    tokens, set after the encodings' tokenizer was made) gets its own inputs from then on."""
+    from ingest.embedding import SentenceTransformerEmbedder
+
+    embedder = SentenceTransformerEmbedder(EmbeddingConfig(batch_size=2, device="cpu"))
+    calls = _spy_tokenize(embedder)
+    long_texts = ["a much longer text " * 40, "another long text, " * 40]
+    try:
+        embedder.embed_documents(TEXTS)
+        assert embedder._from_encodings is True and len(calls) == 1
+        embedder.model.max_seq_length = 64
+        vectors = embedder.embed_documents(long_texts)
+        embedder.embed_documents(long_texts)
+    finally:
+        embedder.close()
+    assert embedder._from_encodings is False and len(calls) == 3
+    reference = embedder.model.encode(long_texts, normalize_embeddings=True)
+    assert np.allclose(vectors, reference, atol=1e-5)
 
 
 def test_the_next_batch_is_tokenized_in_the_callers_thread_while_the_model_runs() -> None:
