@@ -60,11 +60,15 @@ class FaissParams:
     nprobe: int = 16
     device: str = "cpu"
     dim: int | None = None
+    flat_until: int = _EXACT_LIMIT
 
 
 def open_url(url: str) -> FaissStore:
     """Open ``faiss:///dir?index=hnsw|ivf|flat&m=&ef_construction=&ef_search=&nlist=&nprobe=
-    &device=cpu|gpu``."""
+    &device=cpu|gpu&flat_until=``. A store of at most ``flat_until`` vectors (4,096 by
+    default) is searched exactly, with no index built: a scan of that many takes well under
+    a millisecond, and an HNSW graph of them took cmrc2018-dev's ingestion 0.3 s on 2 cores
+    (its 2,163 chunks), more than all its catalog writes."""
     u = StoreURL(url)
     params = FaissParams(
         index=u.str_param("index", "hnsw").lower(),
@@ -75,6 +79,7 @@ def open_url(url: str) -> FaissStore:
         nprobe=u.int_param("nprobe", 16),
         device=u.str_param("device", "cpu").lower(),
         dim=u.optional_int_param("dim"),
+        flat_until=u.int_param("flat_until", _EXACT_LIMIT, minimum=0),
     )
     u.finish()
     path = u.file_path()
@@ -370,10 +375,14 @@ class FaissStore:
             allowed = np.asarray(self._live_rows(flt), dtype=np.int64)
             if allowed.size == 0:
                 return [], []
-            if allowed.size <= _EXACT_LIMIT:
+            if allowed.size <= max(_EXACT_LIMIT, self.params.flat_until):
                 scores = self._vecs[allowed] @ q[0]
                 top = np.argsort(-scores, kind="stable")[:k]
                 return allowed[top].tolist(), scores[top].tolist()
+        elif self._index is None and self._nrows <= self.params.flat_until:
+            scores = self._vecs[: self._nrows] @ q[0]
+            top = np.argsort(-scores, kind="stable")[:k]
+            return top.tolist(), scores[top].tolist()
         index = self._ensure_index()
         kk = min(k, self._live if allowed is None else int(allowed.size))
         sel = f.IDSelectorBatch(allowed) if allowed is not None else None
@@ -432,7 +441,7 @@ class FaissStore:
         if self._nrows - self._live > self._nrows / 3:
             self._compact()
         index_bytes = None
-        if self._nrows:
+        if self._index is not None or self._nrows > self.params.flat_until:
             index_bytes = self._faiss.serialize_index(self._ensure_index()).tobytes()
         log.write_snapshot(
             self._snap_path,

@@ -35,11 +35,11 @@ class StoreURL:
     def str_param(self, name: str, default: str) -> str:
         return self._params.pop(name, default)
 
-    def int_param(self, name: str, default: int) -> int:
-        value = self.optional_int_param(name)
+    def int_param(self, name: str, default: int, minimum: int = 1) -> int:
+        value = self.optional_int_param(name, minimum)
         return default if value is None else value
 
-    def optional_int_param(self, name: str) -> int | None:
+    def optional_int_param(self, name: str, minimum: int = 1) -> int | None:
         raw = self._params.pop(name, None)
         if raw is None:
             return None
@@ -49,8 +49,10 @@ class StoreURL:
             raise InvalidInput(
                 f"store URL parameter {name}={raw!r} must be an integer"
             ) from None
-        if value <= 0:
-            raise InvalidInput(f"store URL parameter {name} must be positive")
+        if value < minimum:
+            raise InvalidInput(f"store URL parameter {name} must be positive"
+                               if minimum == 1 else f"store URL parameter {name} must be at "
+                               f"least {minimum}")
         return value
 
     def float_param(self, name: str, default: float) -> float:

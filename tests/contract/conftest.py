@@ -46,8 +46,8 @@ def _case(backend: str, request: pytest.FixtureRequest, tmp: Path) -> StoreCase:
     name = f"t{uuid.uuid4().hex[:12]}"
     if backend.startswith("faiss-"):
         kind = backend.split("-")[1]
-        extra = "&nlist=4" if kind == "ivf" else ""
-        return StoreCase(backend, f"faiss://{tmp / name}?index={kind}{extra}")
+        extra = "&nlist=4" if kind == "ivf" else ""  # flat_until=0: the index, however few
+        return StoreCase(backend, f"faiss://{tmp / name}?index={kind}{extra}&flat_until=0")
     if backend == "milvus-lite":
         db = request.getfixturevalue("milvus_lite_db")
         return StoreCase(backend, f"milvus://{db}?collection={name}&index=IVF_FLAT&nlist=4")

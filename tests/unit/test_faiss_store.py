@@ -23,10 +23,11 @@ def rec(i: int, **meta: object) -> Record:
     return Record(f"id{i}", vec(i), f"text {i}", {"n": i, **meta})
 
 
-URLS = {
-    "hnsw": "faiss://{}?index=hnsw&m=8",
-    "flat": "faiss://{}?index=flat",
-    "ivf": "faiss://{}?index=ivf&nlist=2&nprobe=2",
+URLS = {  # flat_until=0: each index is built and searched, however few the vectors
+    "hnsw": "faiss://{}?index=hnsw&m=8&flat_until=0",
+    "flat": "faiss://{}?index=flat&flat_until=0",
+    "ivf": "faiss://{}?index=ivf&nlist=2&nprobe=2&flat_until=0",
+    "exact": "faiss://{}",  # the default: under 4,096 vectors, exact scans and no index
 }
 
 
@@ -169,7 +170,7 @@ def test_dimension_mismatch_is_typed(url: str) -> None:
 
 
 def test_ivf_trains_when_enough_vectors(tmp_path: Path) -> None:
-    store = open_store(f"faiss://{tmp_path / 's'}?index=ivf&nlist=4&nprobe=4")
+    store = open_store(f"faiss://{tmp_path / 's'}?index=ivf&nlist=4&nprobe=4&flat_until=0")
     assert isinstance(store, FaissStore)
     store.upsert([rec(i) for i in range(100)])
     assert store._index_kind == "flat"  # 100 < 4 * 39 training points
@@ -194,3 +195,31 @@ def test_drop_and_bad_urls(tmp_path: Path) -> None:
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
         with pytest.raises(StoreUnavailable, match="GPU"):
             open_store(f"faiss://{tmp_path}/x?index=flat&device=gpu")
+
+
+def test_a_small_store_is_searched_exactly_without_an_index(tmp_path: Path) -> None:
+    """Up to ``flat_until`` vectors no index is built, on upsert, snapshot or search, and the
+    hits are the exact ones; past it the HNSW graph is built on the next search and kept in
+    the snapshot, so a reopened store does not build it again."""
+    rng = np.random.default_rng(7)
+    data = rng.standard_normal((120, 8)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    url = f"faiss://{tmp_path / 's'}?index=hnsw&m=8&flat_until=100"
+    store = open_store(url)
+    assert isinstance(store, FaissStore)
+    store.upsert([Record(f"r{i}", v, f"t{i}", {"n": i}) for i, v in enumerate(data[:100])])
+    store._write_snapshot()
+    for q in data[:10]:
+        exact = np.argsort(-(data[:100] @ q), kind="stable")[:5]
+        assert [h.id for h in store.query(q, 5)] == [f"r{i}" for i in exact]
+    assert store._index is None
+    store.upsert([Record(f"r{i}", v, f"t{i}", {"n": i}) for i, v in enumerate(data[100:], 100)])
+    assert store._index is None  # built when a search needs it
+    assert store.query(data[110], 1)[0].id == "r110"
+    assert store._index is not None and store._index_kind == "hnsw"
+    store.close()
+    again = open_store(url)
+    assert isinstance(again, FaissStore)
+    assert again.count() == 120 and again._index is not None  # from the snapshot
+    assert again.query(data[3], 1)[0].id == "r3"
+    again.close()
