@@ -376,13 +376,9 @@ class FaissStore:
             if allowed.size == 0:
                 return [], []
             if allowed.size <= max(_EXACT_LIMIT, self.params.flat_until):
-                scores = self._vecs[allowed] @ q[0]
-                top = np.argsort(-scores, kind="stable")[:k]
-                return allowed[top].tolist(), scores[top].tolist()
+                return self._exact(allowed, q, k)
         elif self._index is None and self._nrows <= self.params.flat_until:
-            scores = self._vecs[: self._nrows] @ q[0]
-            top = np.argsort(-scores, kind="stable")[:k]
-            return top.tolist(), scores[top].tolist()
+            return self._exact(None, q, k)
         index = self._ensure_index()
         kk = min(k, self._live if allowed is None else int(allowed.size))
         sel = f.IDSelectorBatch(allowed) if allowed is not None else None
@@ -400,6 +396,20 @@ class FaissStore:
         pairs = [(int(lab), float(s)) for lab, s in zip(labels[0], scores[0], strict=True)
                  if lab >= 0 and self._row_ids[lab] is not None]
         return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def _exact(self, rows: np.ndarray | None, q: np.ndarray, k: int
+               ) -> tuple[list[int], list[float]]:
+        """The ``k`` best of ``rows`` (of all rows when None), scored exactly by FAISS on this
+        thread alone. Not numpy's matrix product: it wakes BLAS's threads, whose spinning
+        then slowed the embedding model's queries on 2 cores from 6.2 ms to 14 ms."""
+        f = self._faiss
+        vectors = self._vecs[: self._nrows] if rows is None else self._vecs[rows]
+        with _one_omp_thread(f):
+            scores, found = f.knn(q, np.ascontiguousarray(vectors), min(k, len(vectors)),
+                                  metric=f.METRIC_INNER_PRODUCT)
+        picked = found[0][found[0] >= 0]
+        labels = picked if rows is None else rows[picked]
+        return labels.tolist(), scores[0][: len(picked)].tolist()
 
     def _gpu_search_index(self, index: Any) -> Any:
         if self.params.device != "gpu":
