@@ -37,23 +37,23 @@ class Caller:
         return self.kbs is None or kb in self.kbs
 
 
-def get_rag(request: Request) -> RAG:
+async def get_rag(request: Request) -> RAG:
     rag: RAG = request.app.state.rag
     return rag
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_jobs(request: Request) -> JobRunner:
+async def get_jobs(request: Request) -> JobRunner:
     jobs: JobRunner = request.app.state.jobs
     return jobs
 
 
-def get_caller(request: Request) -> Caller:
-    scopes = get_settings(request).server.key_scopes()
+async def get_caller(request: Request) -> Caller:
+    scopes = request.app.state.settings.server.key_scopes()
     if not scopes:
         return Caller(None, None)
     header = request.headers.get("authorization", "")

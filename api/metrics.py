@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
-from fastapi import Request, Response
+from fastapi import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -14,6 +13,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class Metrics:
@@ -38,15 +38,37 @@ class Metrics:
         self.queue = Gauge("rag_job_queue_depth", "ingestion jobs queued or running",
                            registry=r)
 
-    async def middleware(self, request: Request,
-                         call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        self.requests.labels(request.method, path, str(response.status_code)).inc()
-        self.latency.labels(request.method, path).observe(time.perf_counter() - started)
-        return response
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """An ASGI middleware counting requests and timing them to their response's start,
+        per route. Plain ASGI, not ``BaseHTTPMiddleware``, whose task group and body stream
+        cost about 0.3 ms of each request on 2 cores."""
+
+        async def observe(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            started, responded = time.perf_counter(), False
+
+            async def send_observed(message: Message) -> None:
+                nonlocal responded
+                if message["type"] == "http.response.start":
+                    responded = True
+                    self._observe(scope, str(message["status"]), started)
+                await send(message)
+
+            try:
+                await app(scope, receive, send_observed)
+            except BaseException:
+                if not responded:  # the server answers it with a 500
+                    self._observe(scope, "500", started)
+                raise
+
+        return observe
+
+    def _observe(self, scope: Scope, status: str, started: float) -> None:
+        path = getattr(scope.get("route"), "path", "unmatched")
+        self.requests.labels(scope["method"], path, status).inc()
+        self.latency.labels(scope["method"], path).observe(time.perf_counter() - started)
 
     def render(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

@@ -224,6 +224,36 @@ def test_metrics_and_readiness(client: TestClient) -> None:
     assert ready.status_code == 200 and ready.json()["checks"]["store:kb"] == "ok"
 
 
+def test_headers_and_metrics_cover_every_response(tmp_path: Path) -> None:
+    """The page gets its content policy, every response nosniff; a request that fails with
+    an unexpected error is still counted, as the 500 the server answers."""
+    rag = _engine(tmp_path)
+    app = create_app(rag=rag)
+
+    @app.get("/v1/boom")
+    def boom() -> None:
+        raise RuntimeError("unexpected")
+
+    app.router.routes.insert(0, app.router.routes.pop())  # before the page's mount at /
+    with TestClient(app, raise_server_exceptions=False) as c:
+        page = c.get("/")
+        assert page.status_code == 200
+        assert page.headers["x-content-type-options"] == "nosniff"
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        api = c.get("/v1/knowledge-bases")
+        assert api.headers["x-content-type-options"] == "nosniff"
+        assert "content-security-policy" not in api.headers
+        assert c.get("/v1/boom").status_code == 500
+        assert c.get("/v1/nowhere").status_code == 404
+        text = c.get("/metrics").text
+    assert ('rag_http_requests_total{method="GET",route="/v1/boom",status="500"} 1.0'
+            in text)
+    assert ('rag_http_requests_total{method="GET",route="/v1/knowledge-bases",status="200"} 1.0'
+            in text)
+    assert 'route="unmatched",status="404"' in text
+    rag.close()
+
+
 def test_unfinished_jobs_are_resumed_or_failed_on_restart(tmp_path: Path) -> None:
     rag = _engine(tmp_path)
     kb = rag.create_kb("kb")
