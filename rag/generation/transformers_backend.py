@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ingest.heap import freeze_loaded
 from rag.generation.aio import aiterate_in_thread
 from rag.generation.base import Completion, Delta, GenerationParams, Message, acollect, collect
 from rag.generation.models import SMOLLM2_ID, chat_token_ids, smollm2_folder
@@ -118,6 +119,7 @@ class TransformersGenerator:
         eos_ids = eos if isinstance(eos, list) else [eos]
         self._eos = {int(i) for i in [*eos_ids, tokenizer.eos_token_id] if i is not None}
         self._model, self._tokenizer, self.device = model, tokenizer, device
+        freeze_loaded()
 
     def _resolve_source(self) -> str:
         if self.config.model is None:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+from ingest.heap import freeze_loaded
 from rag.generation.aio import LoopThread, aiterate_in_thread
 from rag.generation.base import Completion, Delta, GenerationParams, Message, acollect
 from rag.generation.models import chat_token_ids
@@ -66,6 +67,7 @@ class VLLMGenerator:
                     lambda: _start_engine(AsyncLLMEngine, args))
             except Exception as exc:
                 raise ModelUnavailable(f"vLLM cannot load {self.model_id}: {exc}") from exc
+            freeze_loaded()
 
     @property
     def context_window(self) -> int:

