@@ -283,7 +283,9 @@ class TransformersGenerator:
                 text, req.done, req.finish = text[:cut], True, "stop"
         if not req.done and len(req.tokens) >= req.params.max_tokens:
             req.done, req.finish = True, "length"
-        ready = text if req.done else _safe_prefix(text, req.params.stop)
+        # At the end, a character whose bytes the last token left unfinished never comes
+        # whole: it is dropped, not shown as U+FFFD.
+        ready = text.rstrip("\ufffd") if req.done else _safe_prefix(text, req.params.stop)
         if len(ready) > len(req.sent) and ready.startswith(req.sent):
             if req.first is None:
                 req.first = time.perf_counter() - req.submitted

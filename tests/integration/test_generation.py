@@ -16,7 +16,7 @@ import pytest
 from rag.generation import make_generator
 from rag.generation.base import GenerationParams, Message, collect
 from rag.generation.openai_backend import OpenAIGenerator
-from rag.generation.transformers_backend import TransformersGenerator, _safe_prefix
+from rag.generation.transformers_backend import TransformersGenerator, _Request, _safe_prefix
 from rag.settings import GeneratorConfig, OpenAIConfig
 from stores.errors import GenerationError, InvalidInput, ModelUnavailable
 from tests.servers import REPO, free_port, http_ready, python, serve
@@ -63,6 +63,22 @@ def test_stop_sequences_cut_the_text_and_never_stream_it(tiny: TransformersGener
     assert final is not None
     assert final.text == reference[:cut] and final.finish_reason == "stop"
     assert stop not in "".join(d.text for d in deltas)
+
+
+def test_an_answer_cut_inside_a_character_does_not_end_in_a_replacement_mark(
+        tiny: TransformersGenerator) -> None:
+    """A byte-level model can reach max_tokens halfway through a character's bytes: the
+    unfinished character is dropped, not shown as U+FFFD (the web page showed "红\ufffd")."""
+    ids = tiny._tokenizer.encode("红茶", add_special_tokens=False)
+    assert "\ufffd" in tiny._tokenizer.decode(ids[:1]), "a token holding part of 红"
+    for limit in range(1, len(ids) + 1):
+        req = _Request([], GenerationParams(max_tokens=limit))
+        for token in ids[:limit]:
+            tiny._accept(req, token)
+        assert req.done and req.finish == "length"
+        assert "\ufffd" not in req.sent
+        assert "红茶".startswith(req.sent)
+    assert req.sent == "红茶"
 
 
 def test_safe_prefix_holds_back_a_possible_stop() -> None:
