@@ -162,8 +162,9 @@ def test_upload_chat_cite_delete_and_switch_language(browser: Any, server: str) 
     assert "upload st-uploading" in states, states
     assert states & {"upload st-queued", "upload st-indexing", "doc st-indexing"}, states
     expect(page.locator("#doc-list")).to_contain_text("绿茶与红茶.md")
-    expect(page.locator("#doc-list li", has_text="observatory-guide.md")).to_contain_text("chunks")
-    expect(page.locator("#kb-info")).to_contain_text("2 documents")
+    guide = page.locator("#doc-list li", has_text="observatory-guide.md").locator(".muted")
+    expect(guide).to_have_text(re.compile(r"^1\.1 KB · 1 chunk$"))  # one chunk, in the singular
+    expect(page.locator("#kb-info")).to_contain_text(re.compile(r"^2 documents · 3 chunks · "))
     tab.shot("02-documents-indexed")
 
     # Ask: the answer streams in, then cites its source.

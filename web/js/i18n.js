@@ -15,10 +15,10 @@ const STRINGS = {
     description: "Description", storeUrl: "Vector store URL (optional)", cancel: "Cancel",
     create: "Create", keyHint: "This server requires an API key. It is kept in this browser.",
     save: "Save", delete: "Delete", noKb: "No knowledge base yet: create one to start.",
-    kbInfo: "{docs} documents · {chunks} chunks · {store}",
+    kbInfo: "{docs} {docs|document|documents} · {chunks} {chunks|chunk|chunks} · {store}",
     st_uploading: "uploading", st_queued: "queued", st_indexing: "indexing", st_indexed: "indexed",
     st_failed: "failed", st_unchanged: "unchanged",
-    chunks: "{n} chunks", confirmDeleteDoc: "Delete “{name}” and its passages from this knowledge base?",
+    chunks: "{n} {n|chunk|chunks}", confirmDeleteDoc: "Delete “{name}” and its passages from this knowledge base?",
     deleted: "Deleted {name}.", sources: "Sources", copy: "Copy", copied: "Copied",
     stopped: "Stopped.", abstained: "No passage in this knowledge base answers that.",
     timings: "retrieval {retrieval} ms · first token {ttft} ms · {tps} tokens/s",
@@ -81,10 +81,13 @@ export function setLang(value) {
   apply();
 }
 
-/** The string for ``key`` with ``{name}`` placeholders filled from ``vars``. */
+/** The string for ``key`` with ``{name}`` placeholders filled from ``vars``, and
+ * ``{name|one|other}`` the word for that count ("1 chunk", "2 chunks"). */
 export function t(key, vars = {}) {
   const s = STRINGS[current][key] ?? STRINGS.en[key] ?? key;
-  return s.replace(/\{(\w+)\}/g, (_, k) => (k in vars ? String(vars[k]) : `{${k}}`));
+  return s
+    .replace(/\{(\w+)\|([^|}]*)\|([^}]*)\}/g, (_, k, one, other) => (Number(vars[k]) === 1 ? one : other))
+    .replace(/\{(\w+)\}/g, (_, k) => (k in vars ? String(vars[k]) : `{${k}}`));
 }
 
 /** Translate the static page: text, aria-labels and placeholders marked with data-i18n*. */
