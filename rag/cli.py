@@ -231,12 +231,17 @@ def _ingest(rag: RAG, paths: list[Path], kb: str | None, as_json: bool) -> None:
         out.print(
             f"{len(report.added)} added, {len(report.unchanged)} unchanged, "
             f"{len(report.replaced)} replaced, {len(report.failed)} failed; "
-            f"{report.chunks_written} chunks written"
+            f"{_count(report.chunks_written, 'chunk')} written"
         )
         for f in report.failed:
             out.print(f"  [red]failed[/red] {f.source}: {f.error}")
     if report.failed and not (report.added or report.replaced or report.unchanged):
         raise typer.Exit(code=1)
+
+
+def _count(n: int, word: str) -> str:
+    """``1 chunk``, ``2 chunks``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 @docs_app.command("list")
@@ -257,7 +262,7 @@ def docs_delete(document: Annotated[str, typer.Argument(help="document id or nam
                 kb: KbOpt = None) -> None:
     """Delete a document: its vectors, keywords and catalog rows."""
     doc = _run(lambda: _engine().delete_document(document, kb))
-    out.print(f"deleted {doc.name} ({doc.chunk_count} chunks)")
+    out.print(f"deleted {doc.name} ({_count(doc.chunk_count, 'chunk')})")
 
 
 @app.command()

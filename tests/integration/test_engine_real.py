@@ -64,7 +64,7 @@ def test_cli_ingest_search_docs_json(tmp_path: Path, monkeypatch: pytest.MonkeyP
     r = runner.invoke(app, ["docs", "list", "--kb", "cli", "--json"])
     assert {d["status"] for d in json.loads(r.stdout)} == {"indexed", "failed"}
     r = runner.invoke(app, ["docs", "delete", "年假制度.html", "--kb", "cli"])
-    assert r.exit_code == 0
+    assert r.exit_code == 0 and "deleted 年假制度.html (1 chunk)" in r.stdout, r.stdout
     r = runner.invoke(app, ["search", "年假可以顺延到什么时候", "--kb", "cli", "--json"])
     assert all(p["document_name"] != "年假制度.html" for p in json.loads(r.stdout)["passages"])
     r = runner.invoke(app, ["search", "x", "--kb", "nope"])
