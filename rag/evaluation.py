@@ -190,6 +190,7 @@ class EvalReport:
     retrieval_ms_p50: float
     answers: dict[str, float] = field(default_factory=dict)
     ingest: dict[str, Any] = field(default_factory=dict)
+    rerank: str | None = None  # the cross-encoder that reranked the candidates, if one did
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -216,20 +217,30 @@ def ensure_kb(rag: Any, dataset: Dataset, kb: str) -> dict[str, Any]:
             "chunks_per_s": round(report.chunks_written / seconds, 2) if seconds else None}
 
 
-def rank_passages(rag: Any, kb: str, question: str, mode: Mode | None, depth: int
-                  ) -> tuple[list[str], float]:
-    result = rag.search(question, kb, top_k=depth * 3, mode=mode)
+def rank_passages(rag: Any, kb: str, question: str, mode: Mode | None, depth: int,
+                  rerank: bool | None = None) -> tuple[list[str], float]:
+    result = rag.search(question, kb, top_k=depth * 3, mode=mode, rerank=rerank)
     ids = unique_ids(p.document_name.removesuffix(DOC_SUFFIX) for p in result.passages)
     return ids[:depth], result.timings.retrieval_ms
 
 
 def evaluate(rag: Any, dataset: Dataset, kb: str, mode: Mode | None = None,
              ks: Sequence[int] = (1, 5, 10), limit: int | None = 1000, seed: int = 0,
-             answers: int = 0, on_progress: Callable[[int, int], None] | None = None
-             ) -> EvalReport:
+             answers: int = 0, on_progress: Callable[[int, int], None] | None = None,
+             rerank: bool | None = None) -> EvalReport:
     """Retrieval metrics over ``limit`` sampled answerable questions; with ``answers`` > 0,
     answer exact match / F1 over that many of them and the abstention rate over as many
-    unanswerable ones (when the set has any)."""
+    unanswerable ones (when the set has any).
+
+    ``rerank``: None reranks when a rerank model is configured (as a search does), False
+    measures the first stage alone, True requires a model. The report names the model that
+    reranked, so figures with and without it are not mistaken for each other."""
+    model = rag.settings.retrieval.rerank_model
+    if rerank and not model:
+        raise InvalidInput("reranking was asked for, but no rerank model is configured: set "
+                           "RAG_RETRIEVAL__RERANK_MODEL to a sentence-transformers CrossEncoder "
+                           "(a local folder or a hub id)")
+    reranked = None if rerank is False else model
     ingest = ensure_kb(rag, dataset, kb)
     questions = dataset.sample(limit, seed)
     if not questions:
@@ -237,7 +248,7 @@ def evaluate(rag: Any, dataset: Dataset, kb: str, mode: Mode | None = None,
     depth = max(max(ks), 10)
     rankings, golds, times = [], [], []
     for i, q in enumerate(questions):
-        ranked, ms = rank_passages(rag, kb, q.question, mode, depth)
+        ranked, ms = rank_passages(rag, kb, q.question, mode, depth, bool(reranked))
         rankings.append(ranked)
         golds.append(set(q.gold))
         times.append(ms)
@@ -246,18 +257,18 @@ def evaluate(rag: Any, dataset: Dataset, kb: str, mode: Mode | None = None,
     times.sort()
     report = EvalReport(dataset.name, kb, mode or rag.settings.retrieval.mode, len(questions),
                         retrieval_metrics(rankings, golds, ks), round(times[len(times) // 2], 2),
-                        ingest=ingest)
+                        ingest=ingest, rerank=reranked)
     if answers > 0:
-        report.answers = answer_metrics(rag, dataset, kb, mode, answers, seed)
+        report.answers = answer_metrics(rag, dataset, kb, mode, answers, seed, bool(reranked))
     return report
 
 
 def answer_metrics(rag: Any, dataset: Dataset, kb: str, mode: Mode | None, n: int,
-                   seed: int) -> dict[str, float]:
+                   seed: int, rerank: bool | None = None) -> dict[str, float]:
     answerable = [q for q in dataset.sample(n, seed) if q.answers]
     em = f1 = hit = 0.0
     for q in answerable:
-        text = _MARKERS.sub("", rag.ask(q.question, kb, mode=mode).text)
+        text = _MARKERS.sub("", rag.ask(q.question, kb, mode=mode, rerank=rerank).text)
         em += exact_match(text, q.answers)
         f1 += token_f1(text, q.answers)
         hit += contains_answer(text, q.answers)
@@ -267,7 +278,8 @@ def answer_metrics(rag: Any, dataset: Dataset, kb: str, mode: Mode | None, n: in
            "contains_answer": round(hit / max(len(answerable), 1), 4)}
     impossible = dataset.sample(n, seed, answerable=False)
     if impossible:
-        abstained = sum(rag.ask(q.question, kb, mode=mode).abstained for q in impossible)
+        abstained = sum(rag.ask(q.question, kb, mode=mode, rerank=rerank).abstained
+                        for q in impossible)
         out["unanswerable"] = len(impossible)
         out["abstention_rate"] = round(abstained / len(impossible), 4)
     return out

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rag.engine import RAG
+from rag.evaluation import evaluate, load_dataset
 from rag.rerank import CrossEncoderReranker
 from stores.errors import InvalidInput, ModelUnavailable
 from tests.conftest import SAMPLES, make_settings
@@ -69,3 +71,38 @@ def test_missing_rerank_model_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailable, match="RAG_RETRIEVAL__RERANK_MODEL"):
         rag.search("tickets")
     rag.close()
+
+
+def test_evaluation_says_whether_it_reranked(tmp_path: Path, cross_encoder: Path,
+                                             mini_dataset: Path) -> None:
+    """``rag eval`` figures with a rerank model configured are reranked ones, and say so;
+    ``rerank=False`` measures the first stage alone."""
+    settings = make_settings(tmp_path, retrieval={"rerank_model": str(cross_encoder)})
+    rag = RAG(settings, generator=ExtractiveGenerator(), embedder=HashEmbedder())
+    reranker = rag.retriever.reranker
+    assert reranker is not None
+    calls: list[str] = []
+    rerank = reranker.rerank
+
+    def counted(query: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(query)
+        return rerank(query, *args, **kwargs)
+
+    reranker.rerank = counted  # type: ignore[method-assign]
+    dataset = load_dataset(mini_dataset)
+    reranked = evaluate(rag, dataset, "mini", "hybrid", (1, 3), answers=1)
+    assert reranked.rerank == str(cross_encoder) and reranked.to_dict()["rerank"]
+    # Every sampled question and the answered and unanswerable ones went through the reranker.
+    asked = [q.question for q in dataset.sample(None)]
+    assert set(asked) <= set(calls) and "Who built the pyramids?" in calls
+    calls.clear()
+    first_stage = evaluate(rag, dataset, "mini", "hybrid", (1, 3), rerank=False, answers=1)
+    assert first_stage.rerank is None and not calls
+    assert first_stage.ingest["reused"]
+    rag.close()
+    plain = RAG(make_settings(tmp_path / "plain"), generator=ExtractiveGenerator(),
+                embedder=HashEmbedder())
+    with pytest.raises(InvalidInput, match="RAG_RETRIEVAL__RERANK_MODEL"):
+        evaluate(plain, dataset, "mini", rerank=True)
+    assert evaluate(plain, dataset, "mini").rerank is None
+    plain.close()
