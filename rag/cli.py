@@ -376,8 +376,8 @@ def eval_(
         _print_json(report.to_dict())
         return
     reranked = "+rerank" if report.rerank else ""
-    table = Table(title=f"{data.name} · kb {kb} · mode {report.mode}{reranked} · "
-                        f"{report.questions} questions")
+    title = f"{data.name} · kb {kb} · mode {report.mode}{reranked} · {report.questions} questions"
+    table = Table(title=title, min_width=len(title))  # a title on one line
     for col in ("metric", "value"):
         table.add_column(col)
     for name, value in {**report.retrieval, **report.answers}.items():
