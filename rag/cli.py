@@ -322,6 +322,9 @@ def _ask(rag: RAG, question: str, kb: str | None, top_k: int | None, mode: str |
         _print_json(answer)
         return
     out.print()
+    if answer.finish_reason == "length":
+        out.print(f"[dim](cut off at {rag.settings.generator.max_tokens} tokens: "
+                  "RAG_GENERATOR__MAX_TOKENS allows longer answers)[/dim]")
     out.print()
     out.print("[bold]Answer with citations:[/bold] " + answer.text, highlight=False)
     if answer.citations:

@@ -64,7 +64,8 @@ def _answer(d: dict[str, Any]) -> Answer:
         citations=[_build(Citation, c) for c in d["citations"]],
         passages=[_build(Passage, p) for p in d["passages"]],
         timings=_build(Timings, d["timings"]), usage=_build(Usage, d["usage"]),
-        abstained=d.get("abstained", False), model=d.get("model", ""))
+        abstained=d.get("abstained", False), model=d.get("model", ""),
+        finish_reason=d.get("finish_reason", "stop"))
 
 
 def _raise_for(response: httpx.Response) -> None:

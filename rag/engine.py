@@ -299,7 +299,7 @@ class RAG:
         )
         usage = Usage(completion.prompt_tokens, completion.completion_tokens)
         return Answer(question, text, cite.resolve(text, passages), passages, timings, usage,
-                      model=model)
+                      model=model, finish_reason=completion.finish_reason)
 
     def close(self) -> None:
         with self._lock:

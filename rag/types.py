@@ -65,7 +65,9 @@ class SearchResult:
 
 @dataclass(frozen=True)
 class Answer:
-    """An answer with the citations it makes. ``abstained``: nothing relevant was found."""
+    """An answer with the citations it makes. ``abstained``: nothing relevant was found.
+    ``finish_reason``: ``stop`` when the model ended the answer, ``length`` when it was cut
+    off at ``max_tokens``."""
 
     question: str
     text: str
@@ -75,6 +77,7 @@ class Answer:
     usage: Usage = field(default_factory=Usage)
     abstained: bool = False
     model: str = ""
+    finish_reason: str = "stop"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -77,8 +77,12 @@ class ExtractiveGenerator:
         m = re.search(r"\[1\] \([^)]*\) (.+?[.。])", user, re.S)
         text = (m.group(1).strip() + " [1]") if m else "I don't know."
         words = text.split(" ")
+        finish = "stop"
+        if len(words) > params.max_tokens:  # a word a token: cut off, as a model would be
+            words, finish = words[: params.max_tokens], "length"
+            text = " ".join(words)
         for i, w in enumerate(words):
             yield Delta(w if i == 0 else " " + w)
         total = time.perf_counter() - start
-        yield Delta("", Completion(text, "stop", self.count_tokens(messages), len(words),
+        yield Delta("", Completion(text, finish, self.count_tokens(messages), len(words),
                                    total / 2, total))

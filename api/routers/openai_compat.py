@@ -92,7 +92,7 @@ async def chat_completions(body: ChatRequest, rag: RagDep, caller: CallerDep,
         answer = await final_answer(run, request)
         return {"id": rid, "object": "chat.completion", "created": created,
                 "model": body.model,
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                "choices": [{"index": 0, "finish_reason": answer.finish_reason, "message": {
                     "role": "assistant", "content": answer.text,
                     "citations": plain(answer.citations)}}],
                 "usage": _usage(answer)}
@@ -113,7 +113,8 @@ async def chat_completions(body: ChatRequest, rag: RagDep, caller: CallerDep,
                 if delta.answer is not None:
                     observe(request, delta.answer)
                     cites = plain(delta.answer.citations)
-                    yield chunk({"citations": cites}, "stop", citations=cites)
+                    yield chunk({"citations": cites}, delta.answer.finish_reason,
+                                citations=cites)
                     if include_usage:
                         yield (f"data: {json.dumps({'id': rid, 'object': 'chat.completion.chunk', 'created': created, 'model': body.model, 'choices': [], 'usage': _usage(delta.answer)})}\n\n")  # noqa: E501
                 elif delta.text:

@@ -183,6 +183,21 @@ def test_openai_routes_in_process(client: TestClient) -> None:
     message = r["choices"][0]["message"]
     assert message["citations"][0]["document_name"] == "observatory-guide.md"
     assert r["usage"]["total_tokens"] > 0
+    assert r["choices"][0]["finish_reason"] == "stop"
+    # Cut off at max_tokens: OpenAI clients learn it from the finish reason, streamed or not.
+    cut = client.post("/v1/chat/completions", json={**body, "max_tokens": 2}).json()
+    assert cut["choices"][0]["finish_reason"] == "length"
+    assert len(cut["choices"][0]["message"]["content"].split()) == 2
+    with client.stream("POST", "/v1/chat/completions",
+                       json={**body, "max_tokens": 2, "stream": True}) as s:
+        chunks = [json.loads(line[6:]) for line in s.read().decode().splitlines()
+                  if line.startswith("data: {")]
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
+    answer = client.post("/v1/knowledge-bases/kb/ask",
+                         json={"query": QUESTION, "max_tokens": 2}).json()["answer"]
+    assert answer["finish_reason"] == "length"
+    whole = client.post("/v1/knowledge-bases/kb/ask", json={"query": QUESTION}).json()["answer"]
+    assert whole["finish_reason"] == "stop"
     r = client.post("/v1/chat/completions", json={**body, "model": "nope"})
     assert r.status_code == 404
 

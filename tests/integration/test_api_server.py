@@ -55,6 +55,8 @@ def test_sdk_end_to_end(loaded: str) -> None:
         answer = c.ask("guide", QUESTION)
         assert isinstance(answer, Answer) and "12" in answer.text
         assert answer.citations[0].document_name == "observatory-guide.md"
+        assert answer.finish_reason == "stop"
+        assert c.ask("guide", QUESTION, max_tokens=2).finish_reason == "length"
         pieces = list(c.ask("guide", QUESTION, stream=True))
         assert isinstance(pieces[0], AskSources) and isinstance(pieces[-1], Answer)
         assert "".join(p.text for p in pieces if isinstance(p, AskDelta)).strip()

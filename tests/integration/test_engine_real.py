@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from rag.cli import app
 from rag.engine import RAG
+from rag.generation.base import GenerationParams
 from rag.settings import Settings
 from tests.conftest import SAMPLES, make_settings
 
@@ -74,14 +75,25 @@ def test_cli_ingest_search_docs_json(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.slow
-def test_packaged_smollm2_answers_with_citation(real_rag: RAG) -> None:
+def test_packaged_smollm2_answers_with_citation(real_rag: RAG,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     answer = real_rag.ask("How much is an adult ticket at the observatory?")
     assert "12" in answer.text
     assert answer.citations and answer.citations[0].document_name == "observatory-guide.md"
     span = answer.citations[0]
     assert "12 euros" in span.text
     assert answer.timings.time_to_first_token_ms and answer.usage.completion_tokens > 0
+    assert answer.finish_reason == "stop"  # the model ended it
     assert (real_rag.data_dir / "models" / "smollm2-135m-instruct" / "config.json").exists()
+    cut = real_rag.ask("How much is an adult ticket at the observatory?",
+                       params=GenerationParams(max_tokens=3))
+    assert cut.finish_reason == "length" and cut.usage.completion_tokens == 3
+    # The CLI says so (the converted model in the same data folder loads in a moment).
+    monkeypatch.setenv("RAG_DATA_DIR", str(real_rag.data_dir))
+    monkeypatch.setenv("RAG_GENERATOR__MAX_TOKENS", "3")
+    r = CliRunner().invoke(app, ["ask", "How much is an adult ticket at the observatory?"])
+    assert r.exit_code == 0, r.output
+    assert "(cut off at 3 tokens: RAG_GENERATOR__MAX_TOKENS allows longer answers)" in r.stdout
 
 
 def test_settings_type_is_used(tmp_path: Path) -> None:

@@ -100,6 +100,7 @@ function paintAnswer(msg) {
   body.replaceChildren(render(msg.text, { cite: (n) => citeLink(msg, n) }));
   if (msg.status === "streaming" && !msg.text) body.append(el("span", "muted thinking", t("thinking")));
   if (msg.abstained && !msg.text.trim()) body.append(el("p", "muted", t("abstained")));
+  if (msg.cutOff) body.append(el("p", "muted small cut-off", t("cutOff")));
   if (msg.status === "stopped") body.append(el("p", "muted small", t("stopped")));
   if (msg.status === "error") body.append(el("p", "doc-error", msg.error));
 
@@ -220,6 +221,7 @@ async function sendQuestion() {
         const a = data.answer;
         Object.assign(answer, {
           text: a.text, timings: a.timings, abstained: a.abstained, status: "done",
+          cutOff: a.finish_reason === "length",
           cited: a.citations.map((c) => c.n),
         });
       } else if (event === "error") {
