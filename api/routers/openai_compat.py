@@ -2,7 +2,10 @@
 
 The last user message is the question, earlier user/assistant turns are the history. Each
 answer's citations travel in an extra ``citations`` field on the message (and on the final
-stream chunk), so OpenAI clients keep them.
+stream chunk), so OpenAI clients keep them. ``max_tokens`` (or ``max_completion_tokens``),
+``temperature``, ``top_p``, ``stop`` and ``seed`` reach the generator; ``n`` must be 1; the
+system prompt is ours (it asks for cited answers from the passages), so system messages are
+not passed on.
 """
 
 from __future__ import annotations
@@ -47,7 +50,17 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = Field(None, description="up to 4 stop sequences")
+    seed: int | None = None
+    n: int = Field(1, ge=1, description="answers per request: only 1")
     stream_options: dict[str, Any] | None = None
+
+    def stops(self) -> tuple[str, ...]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > 4:
+            raise InvalidInput("stop takes at most 4 sequences")
+        return tuple(s for s in stops if s)
 
 
 @router.get("/models")
@@ -78,11 +91,14 @@ async def chat_completions(body: ChatRequest, rag: RagDep, caller: CallerDep,
     caller.check_kb(body.model)
     rag.get_kb(body.model, counts=False)  # 404 names the unknown model (knowledge base)
     question, history = _question(body)
+    if body.n != 1:
+        raise InvalidInput("n must be 1: each request gets one answer")
     g = rag.settings.generator
     params = GenerationParams(
         max_tokens=body.max_completion_tokens or body.max_tokens or g.max_tokens,
         temperature=g.temperature if body.temperature is None else body.temperature,
-        top_p=g.top_p)
+        top_p=g.top_p if body.top_p is None else body.top_p, stop=body.stops(),
+        seed=body.seed)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def run() -> Any:

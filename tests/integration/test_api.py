@@ -198,6 +198,10 @@ def test_openai_routes_in_process(client: TestClient) -> None:
     assert answer["finish_reason"] == "length"
     whole = client.post("/v1/knowledge-bases/kb/ask", json={"query": QUESTION}).json()["answer"]
     assert whole["finish_reason"] == "stop"
+    for bad, message in (({"n": 2}, "n must be 1"), ({"stop": list("abcde")}, "at most 4"),
+                         ({"top_p": 0}, "top_p")):
+        r = client.post("/v1/chat/completions", json={**body, **bad})
+        assert r.status_code in (400, 422) and message in r.text, r.text
     r = client.post("/v1/chat/completions", json={**body, "model": "nope"})
     assert r.status_code == 404
 

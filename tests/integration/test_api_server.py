@@ -110,6 +110,13 @@ def test_official_openai_client_gets_cited_answers(loaded: str) -> None:
             final_cites = (chunk.model_extra or {}).get("citations") or final_cites
     assert "12" in text and final_cites and final_cites[0]["document_name"] == \
         "observatory-guide.md"
+    # The request's stop sequences reach the model (they were dropped before).
+    stopped = client.chat.completions.create(
+        model="guide", messages=[{"role": "user", "content": QUESTION}], max_tokens=60,
+        stop=["euros"], top_p=0.9, seed=7)
+    assert "12" in (stopped.choices[0].message.content or "")
+    assert "euros" not in (stopped.choices[0].message.content or "")
+    assert stopped.choices[0].finish_reason == "stop"
 
 
 def test_our_openai_backend_against_our_endpoint(loaded: str) -> None:
@@ -118,3 +125,8 @@ def test_our_openai_backend_against_our_endpoint(loaded: str) -> None:
         openai=OpenAIConfig(base_url=f"{loaded}/v1", api_key=KEY)))  # type: ignore[arg-type]
     done = gen.generate([Message("user", QUESTION)], GenerationParams(max_tokens=60))
     assert "12" in done.text and done.completion_tokens > 0
+    cut = gen.generate([Message("user", QUESTION)], GenerationParams(max_tokens=60,
+                                                                     stop=("euros",)))
+    assert "12" in cut.text and "euros" not in cut.text
+    assert gen.generate([Message("user", QUESTION)],
+                        GenerationParams(max_tokens=2)).finish_reason == "length"
