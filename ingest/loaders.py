@@ -8,6 +8,7 @@ charset-normalizer recognises). Each failure is a typed error naming the file.
 from __future__ import annotations
 
 import io
+import logging
 import re
 import zipfile
 from collections.abc import Callable
@@ -16,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from stores.errors import InvalidInput, UnsupportedFileType
+
+# pypdf notes the damage it reads past ("EOF marker not found") as warnings, which reached
+# the terminal as stray lines with no file named; a PDF it cannot read fails with its reason.
+logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 MIME_TYPES = {
     ".txt": "text/plain",

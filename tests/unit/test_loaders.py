@@ -1,4 +1,5 @@
 import io
+import logging
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,14 @@ def test_bad_files_raise_typed_errors_naming_the_file(
         load_bytes(name, data)
     assert message in str(info.value)
     assert name in str(info.value)
+
+
+def test_a_damaged_pdf_logs_nothing_beside_its_error(caplog: pytest.LogCaptureFixture
+                                                     ) -> None:
+    """pypdf's notes on the damage ("EOF marker not found") reached the terminal as stray
+    warnings (Python prints those when no logging is set up, as in the CLI); the error
+    names the file and the reason."""
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(InvalidInput, match=r"broken\.pdf: cannot read the file"):
+        load_bytes("broken.pdf", b"%PDF-1.4\ngarbage")
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("pypdf")]
