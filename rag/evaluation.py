@@ -171,8 +171,14 @@ def token_f1(prediction: str, answers: Sequence[str]) -> float:
 
 
 def contains_answer(prediction: str, answers: Sequence[str]) -> float:
-    pred = normalize_answer(prediction)
-    return float(any(normalize_answer(a) and normalize_answer(a) in pred for a in answers))
+    """1.0 when a gold answer's tokens (words, or characters for Chinese) appear in the
+    prediction in a row: "12" is not in "120 euros", "浙江省杭州市" is in "产于浙江省杭州市"."""
+    pred = answer_tokens(prediction)
+    for answer in answers:
+        gold = answer_tokens(answer)
+        if gold and any(pred[i : i + len(gold)] == gold for i in range(len(pred) - len(gold) + 1)):
+            return 1.0
+    return 0.0
 
 
 _MARKERS = re.compile(r"\s*\[\d+\]")

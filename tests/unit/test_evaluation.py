@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from rag.evaluation import (
+    contains_answer,
     exact_match,
     load_dataset,
     mrr_at,
@@ -39,6 +40,12 @@ def test_answer_metrics_english_and_chinese() -> None:
     assert token_f1("光荣和ω-force", ["光荣和ω-force"]) == 1.0
     assert 0 < token_f1("光荣公司", ["光荣和ω-force"]) < 1
     assert token_f1("", ["x"]) == 0.0
+    # An answer is contained as whole words (characters for Chinese), not as a substring.
+    assert contains_answer("An adult ticket costs 12 euros.", ["12 euros"]) == 1.0
+    assert contains_answer("It costs 120 euros.", ["12", "12 euros"]) == 0.0
+    assert contains_answer("西湖龙井产于浙江省杭州市。", ["浙江省杭州市"]) == 1.0
+    assert contains_answer("西湖龙井产于浙江省。", ["浙江省杭州市"]) == 0.0
+    assert contains_answer("anything", ["", "a"]) == 0.0  # nothing left once normalized
 
 
 def test_dataset_loading_and_sampling(tmp_path: Path, mini_dataset: Path) -> None:
