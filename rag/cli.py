@@ -14,6 +14,7 @@ from rich.table import Table
 
 from rag.engine import RAG
 from rag.errors import RagError
+from rag.generation.base import GenerationParams
 from rag.settings import Settings
 from rag.types import to_plain
 from stores.base import parse_filter
@@ -107,7 +108,7 @@ def generators_check(
     import time as _time
 
     from rag.generation import make_generator
-    from rag.generation.base import GenerationParams, Message
+    from rag.generation.base import Message
 
     _engine_env()
     settings = Settings()
@@ -298,19 +299,27 @@ def ask(
     kb: KbOpt = None,
     top_k: Annotated[int | None, typer.Option("--top-k", "-k")] = None,
     mode: Annotated[str | None, typer.Option(help="dense, keyword or hybrid")] = None,
+    max_tokens: Annotated[int | None, typer.Option(
+        min=1, help="longest answer, in tokens (default: RAG_GENERATOR__MAX_TOKENS)")] = None,
+    rerank: Annotated[bool | None, typer.Option(
+        "--rerank/--no-rerank", help="default: when RAG_RETRIEVAL__RERANK_MODEL is set")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question from a knowledge base, streaming the answer, then its sources."""
-    _ask(_engine(), question, kb, top_k, mode, as_json)
+    _ask(_engine(), question, kb, top_k, mode, as_json, max_tokens, rerank)
 
 
 def _ask(rag: RAG, question: str, kb: str | None, top_k: int | None, mode: str | None,
-         as_json: bool) -> None:
+         as_json: bool, max_tokens: int | None = None, rerank: bool | None = None) -> None:
     answer = None
+    g = rag.settings.generator
+    params = GenerationParams(max_tokens=max_tokens or g.max_tokens, temperature=g.temperature,
+                              top_p=g.top_p)
 
     def run() -> None:
         nonlocal answer
-        for delta in rag.ask_stream(question, kb, top_k, mode):  # type: ignore[arg-type]
+        for delta in rag.ask_stream(question, kb, top_k, mode,  # type: ignore[arg-type]
+                                    params=params, rerank=rerank):
             if delta.answer is not None:
                 answer = delta.answer
             elif not as_json:
@@ -323,7 +332,7 @@ def _ask(rag: RAG, question: str, kb: str | None, top_k: int | None, mode: str |
         return
     out.print()
     if answer.finish_reason == "length":
-        out.print(f"[dim](cut off at {rag.settings.generator.max_tokens} tokens: "
+        out.print(f"[dim](cut off at {params.max_tokens} tokens: --max-tokens or "
                   "RAG_GENERATOR__MAX_TOKENS allows longer answers)[/dim]")
     out.print()
     out.print("[bold]Answer with citations:[/bold] " + answer.text, highlight=False)

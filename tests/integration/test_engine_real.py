@@ -93,7 +93,11 @@ def test_packaged_smollm2_answers_with_citation(real_rag: RAG,
     monkeypatch.setenv("RAG_GENERATOR__MAX_TOKENS", "3")
     r = CliRunner().invoke(app, ["ask", "How much is an adult ticket at the observatory?"])
     assert r.exit_code == 0, r.output
-    assert "(cut off at 3 tokens: RAG_GENERATOR__MAX_TOKENS allows longer answers)" in r.stdout
+    assert "(cut off at 3 tokens: --max-tokens or RAG_GENERATOR__MAX_TOKENS allows longer " \
+        "answers)" in " ".join(r.stdout.split())
+    r = CliRunner().invoke(app, ["ask", "How much is an adult ticket at the observatory?",
+                                 "--max-tokens", "60", "--no-rerank"])
+    assert r.exit_code == 0 and "12 euros" in r.stdout and "cut off" not in r.stdout, r.output
 
 
 def test_settings_type_is_used(tmp_path: Path) -> None:
