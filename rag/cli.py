@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,9 +40,30 @@ SAMPLES = Path(__file__).parent / "samples"
 DEMO_QUESTION = "How much is an adult ticket at the observatory?"
 
 
+_ENGINES: list[RAG] = []  # made by the running command; closed when it returns
+
+
 def _engine() -> RAG:
     _engine_env()
-    return RAG.from_settings(Settings())
+    rag = RAG.from_settings(Settings())
+    _ENGINES.append(rag)
+    return rag
+
+
+def _closing(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command``, closing the engines it made when it returns or fails: their threads
+    (model, keyword search, reranker) and stores end with the command, also when it runs
+    in another program's process (CliRunner, a notebook)."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        finally:
+            while _ENGINES:
+                _ENGINES.pop().close()
+
+    return run
 
 
 def _engine_env() -> None:
@@ -416,3 +439,9 @@ def demo(question: str = DEMO_QUESTION) -> None:
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
+
+
+for _group in (app, kb_app, docs_app, config_app, generators_app):
+    for _info in _group.registered_commands:
+        if _info.callback is not None:
+            _info.callback = _closing(_info.callback)

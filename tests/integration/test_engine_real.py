@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,11 @@ from tests.conftest import SAMPLES, make_settings
 
 
 @pytest.fixture
-def real_rag(tmp_path: Path, real_embedder) -> RAG:  # type: ignore[no-untyped-def]
+def real_rag(tmp_path: Path, real_embedder) -> Iterator[RAG]:  # type: ignore[no-untyped-def]
     rag = RAG(make_settings(tmp_path), embedder=real_embedder)
     rag.ingest([p for p in SAMPLES.iterdir() if p.suffix != ".py"])
-    return rag
+    yield rag
+    rag.close()
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,6 @@ def test_rag_eval_names_the_reranker(tmp_path: Path, mini_dataset: Path,
                                       "--no-rerank", "--json"])
     assert first_stage.exit_code == 0, first_stage.output
     assert json.loads(first_stage.output)["rerank"] is None
+    # Each command closed its engine: no model, reranker or keyword-search thread is left.
+    ours = ("rag-model", "rag-rerank", "rag-bm25")
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(ours)]
