@@ -70,6 +70,7 @@ class RAG:
         self.pipeline = IngestPipeline(self.catalog, self.embedder, settings.ingest)
         self.retriever = Retriever(self.catalog, self.embedder, settings.retrieval)
         self._generator = generator
+        self._owns_generator = generator is None  # made from settings on first use
         self._indexes: dict[str, Indexes] = {}
         self._lock = threading.RLock()
 
@@ -312,3 +313,12 @@ class RAG:
         close_embedder = getattr(self.embedder, "close", None)
         if self._owns_embedder and close_embedder is not None:
             close_embedder()  # its model thread; a given embedder is its owner's to close
+        close_generator = getattr(self._generator, "close", None)
+        if self._owns_generator and close_generator is not None:
+            close_generator()  # the openai backend's connections (opened again if used)
+
+    def __enter__(self) -> RAG:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

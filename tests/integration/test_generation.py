@@ -13,12 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rag.engine import RAG
 from rag.generation import make_generator
 from rag.generation.base import GenerationParams, Message, collect
 from rag.generation.openai_backend import OpenAIGenerator
 from rag.generation.transformers_backend import TransformersGenerator, _Request, _safe_prefix
 from rag.settings import GeneratorConfig, OpenAIConfig
 from stores.errors import GenerationError, InvalidInput, ModelUnavailable
+from tests.conftest import SAMPLES, make_settings
+from tests.helpers import HashEmbedder
 from tests.servers import REPO, free_port, http_ready, python, serve
 from tests.tiny_llm import build_tiny_llama
 
@@ -297,3 +300,25 @@ def test_prompt_budget_drops_lowest_ranked_passages_first(tiny: TransformersGene
     assert tiny.count_tokens(build_messages("What is it?", more)) > budget
     zh = build_messages("年假可以顺延吗？", kept)
     assert zh[0].content == SYSTEM_ZH and "用提问所用的语言回答" in SYSTEM_ZH
+
+
+def test_an_engine_closes_the_generator_it_made(server: str, tmp_path: Path) -> None:
+    """``with RAG(...)``: leaving the block closes what the engine made, the openai
+    backend's connections included; a generator handed in stays its owner's."""
+    settings = make_settings(tmp_path, generator={
+        "backend": "openai", "openai": {"base_url": server, "timeout": 20.0}})
+    with RAG(settings, embedder=HashEmbedder()) as rag:
+        rag.ingest([SAMPLES / "observatory-guide.md"])
+        assert rag.ask("How much is an adult ticket?", params=GREEDY).usage.completion_tokens > 0
+        gen = rag.generator
+        assert isinstance(gen, OpenAIGenerator) and gen._clients
+        keyword_threads = [t for t in threading.enumerate() if t.name.startswith("rag-bm25")]
+    assert not gen._clients  # closed with the engine
+    assert not [t for t in keyword_threads if t.is_alive()]
+    given = _client(server)
+    with RAG(make_settings(tmp_path / "given"), generator=given, embedder=HashEmbedder()) as rag:
+        rag.ingest([SAMPLES / "observatory-guide.md"])
+        rag.ask("How much is an adult ticket?", params=GREEDY)
+    assert given._clients  # not the engine's to close
+    assert given.generate(ASK, GREEDY).completion_tokens > 0
+    given.close()
