@@ -10,13 +10,18 @@ PyTorch's OpenMP teams belong to threads and slow every other team while they ex
 not (see ``ingest.model_thread``), so the model is loaded on a thread that ends with the load,
 and the scheduler thread ends after ``IDLE_EXIT_S`` without requests (the next one starts it
 again): a server that has answered a question retrieves as fast afterwards as before.
+``close()`` (and the end of the program) stops it at once: a script that ended while the
+scheduler was still alive, idle, aborted at exit ("terminate called without an active
+exception", exit code 134).
 """
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,12 +72,23 @@ class TransformersGenerator:
         self._tokenizer: Any = None
         self._eos: set[int] = set()
         self._load_lock = threading.Lock()
-        self._queue: queue.Queue[_Request] = queue.Queue()
+        self._queue: queue.Queue[_Request | None] = queue.Queue()  # None: stop when idle
         self._worker: threading.Thread | None = None
         self._worker_lock = threading.Lock()
         self.idle_exit_s = IDLE_EXIT_S
         self.device = "cpu"
         self.batches_run = 0  # how many model.generate calls served the requests so far
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    def close(self) -> None:
+        """Stop the scheduler thread once the requests already queued are served (a later
+        request starts another). The model stays loaded."""
+        with self._worker_lock:
+            worker = self._worker
+        if worker is None or worker is threading.current_thread():
+            return
+        self._queue.put(None)
+        worker.join()
 
     @property
     def model_id(self) -> str:
@@ -213,18 +229,23 @@ class TransformersGenerator:
             try:
                 first = self._queue.get(timeout=self.idle_exit_s)
             except queue.Empty:
+                first = None
+            if first is None:  # idle, or asked to stop
                 with self._worker_lock:
                     if self._queue.empty():  # a request put before this sees a live worker
                         self._worker = None
                         return
                 continue
             batch: list[_Request] = [first]
-            later: list[_Request] = []
+            later: list[_Request | None] = []
             deadline = time.perf_counter() + self.config.batch_wait_ms / 1000
             while len(batch) < self.config.max_batch:
                 try:  # a burst of requests arrives over a few ms: gather it into one batch
                     nxt = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
                 except queue.Empty:
+                    break
+                if nxt is None:  # a stop: after this batch
+                    later.append(nxt)
                     break
                 same = nxt.batch_key is not None and nxt.batch_key == first.batch_key
                 (batch if same else later).append(nxt)
@@ -343,3 +364,9 @@ class _RowsDone:
 
         return torch.tensor([r.done or r.cancelled.is_set() for r in self.batch],
                             device=input_ids.device)
+
+
+def _close_at_exit(ref: weakref.ref[TransformersGenerator]) -> None:
+    generator = ref()
+    if generator is not None:
+        generator.close()

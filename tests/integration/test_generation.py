@@ -5,6 +5,8 @@ backend against a real server on 127.0.0.1, with its faults."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -149,6 +151,39 @@ def test_the_model_loads_on_a_thread_of_its_own_and_the_scheduler_ends_when_idle
     assert again.text == first.text and gen._worker is not scheduler
     with pytest.raises(InvalidInput, match="context window"):  # errors still reach the caller
         gen.generate(ASK, GenerationParams(max_tokens=5000))
+
+
+def test_close_and_the_end_of_the_program_stop_the_scheduler(tiny_model: Path,
+                                                            tmp_path: Path) -> None:
+    """A program that ended while the scheduler thread was alive (idle, within
+    IDLE_EXIT_S of its last answer) could abort at exit: "terminate called without an
+    active exception", exit code 134, seen with SmolLM2 after three answers."""
+    gen = TransformersGenerator(GeneratorConfig(model=str(tiny_model)), tiny_model.parent)
+    first = gen.generate(ASK, GREEDY)
+    scheduler = gen._worker
+    assert scheduler is not None and scheduler.is_alive()
+    gen.close()
+    assert not scheduler.is_alive() and gen._worker is None
+    assert gen.generate(ASK, GREEDY).text == first.text  # a later request starts another
+    gen.close()
+    # At the end of a program that never called close(): the atexit hook registered first
+    # runs last, and sees no scheduler left.
+    script = (
+        "import atexit, threading\n"
+        "atexit.register(lambda: print('left:', [t.name for t in threading.enumerate()\n"
+        "                                         if t.name.startswith('rag-')]))\n"
+        "from pathlib import Path\n"
+        "from rag.generation.base import GenerationParams, Message\n"
+        "from rag.generation.transformers_backend import TransformersGenerator\n"
+        "from rag.settings import GeneratorConfig\n"
+        f"config = GeneratorConfig(model={str(tiny_model)!r})\n"
+        f"gen = TransformersGenerator(config, Path({str(tmp_path)!r}))\n"
+        "gen.generate([Message('user', 'price?')], GenerationParams(max_tokens=4))\n"
+        "print('alive:', gen._worker is not None and gen._worker.is_alive())\n")
+    run = subprocess.run([python(), "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "alive: True" in run.stdout and "left: []" in run.stdout, run.stdout
 
 
 def test_a_failed_load_is_reported_to_the_caller(tmp_path: Path) -> None:
