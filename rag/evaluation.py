@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rag.prompts import NO_ANSWER_EN, NO_ANSWER_ZH
 from rag.retrieval import Mode
 from stores.errors import InvalidInput, NotFound
 
@@ -183,6 +184,25 @@ def contains_answer(prediction: str, answers: Sequence[str]) -> float:
 
 _MARKERS = re.compile(r"\s*\[\d+\]")
 
+# An answer that says it has none: the prompt asks the model to say it does not know when
+# the passages do not answer (English and Chinese wording, as the two system prompts ask).
+_DECLINES = re.compile(
+    r"\b(?:i (?:do not|don't|cannot|can't|could not|couldn't) (?:know|find|answer|tell|say)"
+    r"|(?:passages?|context|text)s? (?:do(?:es)? not|don't|doesn't) (?:contain|mention|say|"
+    r"provide|answer|include|specify|state)"
+    r"|not (?:mentioned|stated|provided|specified|given) in the (?:passages?|context|text)"
+    r"|no (?:information|answer|mention) (?:about|on|of|in|to)"
+    r"|there is no (?:information|answer|mention))\b"
+    r"|不知道|无法回答|无法确定|没有(?:提到|提及|给出|相关信息|答案)|未(?:提到|提及|说明)",
+    re.IGNORECASE)
+
+
+def declines(answer: str) -> bool:
+    """The answer says it does not know ("I don't know", "the passages do not mention",
+    "不知道", "段落中没有提到"), or is the engine's own no-answer text."""
+    text = unicodedata.normalize("NFKC", answer).replace("\u2019", "'")
+    return bool(_DECLINES.search(text)) or text.strip() in (NO_ANSWER_EN, NO_ANSWER_ZH)
+
 
 # ---------------------------------------------------------------- the evaluation
 
@@ -284,8 +304,10 @@ def answer_metrics(rag: Any, dataset: Dataset, kb: str, mode: Mode | None, n: in
            "contains_answer": round(hit / max(len(answerable), 1), 4)}
     impossible = dataset.sample(n, seed, answerable=False)
     if impossible:
-        abstained = sum(rag.ask(q.question, kb, mode=mode, rerank=rerank).abstained
-                        for q in impossible)
+        abstained = 0
+        for q in impossible:  # the engine found nothing, or the model said it does not know
+            answer = rag.ask(q.question, kb, mode=mode, rerank=rerank)
+            abstained += answer.abstained or declines(answer.text)
         out["unanswerable"] = len(impossible)
         out["abstention_rate"] = round(abstained / len(impossible), 4)
     return out

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
 
+from rag.engine import RAG
 from rag.evaluation import (
     contains_answer,
+    declines,
+    evaluate,
     exact_match,
     load_dataset,
     mrr_at,
@@ -17,6 +21,7 @@ from rag.evaluation import (
     retrieval_metrics,
     token_f1,
 )
+from rag.prompts import NO_ANSWER_EN, NO_ANSWER_ZH
 from stores.errors import InvalidInput, NotFound
 
 
@@ -59,3 +64,32 @@ def test_dataset_loading_and_sampling(tmp_path: Path, mini_dataset: Path) -> Non
     (tmp_path / "bad" / "passages.jsonl").write_text("{not json\n")
     with pytest.raises(InvalidInput, match="line 1"):
         load_dataset(tmp_path / "bad")
+
+
+def test_a_model_that_says_it_does_not_know_abstains() -> None:
+    for text in ("I don't know.", "I don’t know the answer [1].", "不知道。",
+                 "The passages do not mention Report R-2626.", "段落中没有提到这个问题的答案。",
+                 "It is not mentioned in the passages.", NO_ANSWER_EN, NO_ANSWER_ZH):
+        assert declines(text), text
+    for text in ("The answer is: 12 euros [1].", "Guo Shoujing did not do anything [1].",
+                 "I know that tickets cost 12 euros.", "西湖龙井产于浙江省杭州市。"):
+        assert not declines(text), text
+
+
+def test_the_abstention_rate_counts_answers_that_decline(fake_rag: RAG, tmp_path: Path
+                                                         ) -> None:
+    """The extractive test generator answers "I don't know." when no passage has a whole
+    sentence: the passages are found (the engine does not abstain), the answer declines."""
+    folder = tmp_path / "no-sentences"
+    folder.mkdir()
+    passages = [{"id": "p1", "title": "Observatory", "text": "adult tickets 12 euros"},
+                {"id": "p2", "title": "Returns", "text": "refunds within 30 days"}]
+    questions = [{"id": "q1", "question": "How much is an adult ticket?",
+                  "gold_passage_ids": ["p1"], "answers": ["12 euros"]},
+                 {"id": "q2", "question": "Who sells the adult tickets?",
+                  "gold_passage_ids": [], "answers": [], "is_impossible": True}]
+    (folder / "passages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
+    (folder / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    report = evaluate(fake_rag, load_dataset(folder), "kb", ks=(1,), answers=1)
+    assert fake_rag.ask("Who sells the adult tickets?", "kb").passages  # found, not abstained
+    assert report.answers["unanswerable"] == 1 and report.answers["abstention_rate"] == 1.0
