@@ -80,15 +80,15 @@ class TransformersGenerator:
         self.batches_run = 0  # how many model.generate calls served the requests so far
         atexit.register(_close_at_exit, weakref.ref(self))
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Stop the scheduler thread once the requests already queued are served (a later
-        request starts another). The model stays loaded."""
+        request starts another), waiting up to ``timeout`` seconds. The model stays loaded."""
         with self._worker_lock:
             worker = self._worker
         if worker is None or worker is threading.current_thread():
             return
         self._queue.put(None)
-        worker.join()
+        worker.join(timeout)
 
     @property
     def model_id(self) -> str:
@@ -369,4 +369,4 @@ class _RowsDone:
 def _close_at_exit(ref: weakref.ref[TransformersGenerator]) -> None:
     generator = ref()
     if generator is not None:
-        generator.close()
+        generator.close(timeout=60)  # a generation still running ends first, within reason
