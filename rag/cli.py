@@ -16,7 +16,6 @@ from rich.table import Table
 
 from rag.engine import RAG
 from rag.errors import RagError
-from rag.generation.base import GenerationParams
 from rag.settings import Settings
 from rag.types import to_plain
 from stores.base import parse_filter
@@ -131,7 +130,7 @@ def generators_check(
     import time as _time
 
     from rag.generation import make_generator
-    from rag.generation.base import Message
+    from rag.generation.base import GenerationParams, Message
 
     _engine_env()
     settings = Settings()
@@ -335,9 +334,7 @@ def ask(
 def _ask(rag: RAG, question: str, kb: str | None, top_k: int | None, mode: str | None,
          as_json: bool, max_tokens: int | None = None, rerank: bool | None = None) -> None:
     answer = None
-    g = rag.settings.generator
-    params = GenerationParams(max_tokens=max_tokens or g.max_tokens, temperature=g.temperature,
-                              top_p=g.top_p)
+    params = rag.generation_params(max_tokens)
 
     def run() -> None:
         nonlocal answer

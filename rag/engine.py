@@ -268,7 +268,7 @@ class RAG:
                                          model=self.generator.model_id))
             return
         gen = self.generator
-        p = params or self._default_params()
+        p = params or self.generation_params()
         budget = gen.context_window - p.max_tokens
         passages = fit_passages(question, found.passages, gen.count_tokens, budget, history)
         if not passages:
@@ -283,9 +283,14 @@ class RAG:
         assert completion is not None
         yield AnswerDelta("", self._finish(question, passages, completion, timings, gen.model_id))
 
-    def _default_params(self) -> GenerationParams:
+    def generation_params(self, max_tokens: int | None = None, temperature: float | None = None,
+                          top_p: float | None = None, stop: tuple[str, ...] = (),
+                          seed: int | None = None) -> GenerationParams:
+        """The generator settings (``RAG_GENERATOR__*``), with what a request gives instead."""
         g = self.settings.generator
-        return GenerationParams(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p)
+        return GenerationParams(max_tokens=max_tokens or g.max_tokens,
+                                temperature=g.temperature if temperature is None else temperature,
+                                top_p=g.top_p if top_p is None else top_p, stop=stop, seed=seed)
 
     @staticmethod
     def _finish(question: str, passages: list[Passage], completion: Completion,

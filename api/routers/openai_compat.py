@@ -24,7 +24,7 @@ from api.deps import CallerDep, RagDep
 from api.routers.query import final_answer, observe
 from api.schemas import plain
 from rag.generation.aio import aiterate_in_thread
-from rag.generation.base import GenerationParams, Message
+from rag.generation.base import Message
 from rag.types import Answer
 from stores.errors import InvalidInput, RagError
 
@@ -93,12 +93,8 @@ async def chat_completions(body: ChatRequest, rag: RagDep, caller: CallerDep,
     question, history = _question(body)
     if body.n != 1:
         raise InvalidInput("n must be 1: each request gets one answer")
-    g = rag.settings.generator
-    params = GenerationParams(
-        max_tokens=body.max_completion_tokens or body.max_tokens or g.max_tokens,
-        temperature=g.temperature if body.temperature is None else body.temperature,
-        top_p=g.top_p if body.top_p is None else body.top_p, stop=body.stops(),
-        seed=body.seed)
+    params = rag.generation_params(body.max_completion_tokens or body.max_tokens,
+                                   body.temperature, body.top_p, body.stops(), body.seed)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def run() -> Any:

@@ -11,9 +11,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.deps import CallerDep, RagDep
 from api.schemas import AskRequest, SearchRequest, plain
-from rag.engine import RAG, AnswerDelta
+from rag.engine import AnswerDelta
 from rag.generation.aio import aiterate_in_thread
-from rag.generation.base import GenerationParams, Message
+from rag.generation.base import Message
 from rag.types import Answer, Citation, Passage
 from stores.base import parse_filter
 from stores.errors import RagError
@@ -58,13 +58,6 @@ async def final_answer(run: Callable[[], Iterator[AnswerDelta]], request: Reques
     return answer
 
 
-def _params(rag: RAG, body: AskRequest) -> GenerationParams:
-    g = rag.settings.generator
-    return GenerationParams(max_tokens=body.max_tokens or g.max_tokens,
-                            temperature=g.temperature if body.temperature is None
-                            else body.temperature, top_p=g.top_p)
-
-
 def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -81,7 +74,8 @@ async def ask(kb: str, body: AskRequest, rag: RagDep, caller: CallerDep,
 
     def run() -> Any:
         return rag.ask_stream(body.query, kb, body.top_k, body.mode, body.min_score, flt,
-                              history, _params(rag, body), rerank=body.rerank)
+                              history, rag.generation_params(body.max_tokens, body.temperature),
+                              rerank=body.rerank)
 
     if not body.stream:
         return {"answer": plain(await final_answer(run, request))}
