@@ -261,12 +261,8 @@ def evaluate(rag: Any, dataset: Dataset, kb: str, mode: Mode | None = None,
     ``rerank``: None reranks when a rerank model is configured (as a search does), False
     measures the first stage alone, True requires a model. The report names the model that
     reranked, so figures with and without it are not mistaken for each other."""
-    model = rag.settings.retrieval.rerank_model
-    if rerank and not model:
-        raise InvalidInput("reranking was asked for, but no rerank model is configured: set "
-                           "RAG_RETRIEVAL__RERANK_MODEL to a sentence-transformers CrossEncoder "
-                           "(a local folder or a hub id)")
-    reranked = None if rerank is False else model
+    rag.retriever.check_rerank(rerank)  # before any ingestion
+    reranked = None if rerank is False else rag.settings.retrieval.rerank_model
     ingest = ensure_kb(rag, dataset, kb)
     questions = dataset.sample(limit, seed)
     if not questions:

@@ -58,6 +58,13 @@ class Retriever:
         self.reranker = (CrossEncoderReranker(config.rerank_model, config.rerank_device)
                          if config.rerank_model else None)
 
+    def check_rerank(self, rerank: bool | None) -> None:
+        """``rerank=True`` needs a rerank model: InvalidInput saying how to set one."""
+        if rerank and self.reranker is None:
+            raise InvalidInput("reranking was asked for, but no rerank model is configured: "
+                               "set RAG_RETRIEVAL__RERANK_MODEL to a sentence-transformers "
+                               "CrossEncoder (a local folder or a hub id)")
+
     def close(self) -> None:
         """Stop the keyword-search threads and the reranker's model thread."""
         self._side.shutdown(wait=True)
@@ -76,9 +83,7 @@ class Retriever:
         rerank: bool | None = None,
     ) -> list[Passage]:
         """``rerank``: None reranks when a rerank model is configured; True requires one."""
-        if rerank and self.reranker is None:
-            raise InvalidInput("reranking was asked for, but no rerank model is configured "
-                               "(RAG_RETRIEVAL__RERANK_MODEL)")
+        self.check_rerank(rerank)
         if not query.strip():
             raise InvalidInput("the query is empty")
         k = top_k or self.config.top_k
