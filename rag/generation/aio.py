@@ -66,16 +66,42 @@ class LoopThread:
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, daemon=True,
-                                 name="rag-generation-loop").start()
+                self._thread = threading.Thread(target=loop.run_forever, daemon=True,
+                                                name="rag-generation-loop")
+                self._thread.start()
                 self._loop = loop
             return self._loop
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the loop and its thread, waiting up to ``timeout`` seconds; a later call
+        starts another. Tasks still on the loop are cancelled."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        if thread is threading.current_thread():
+            loop.call_soon(loop.stop)
+            return
+
+        async def stop() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            loop.stop()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop)
+        thread.join(timeout)
+        if not thread.is_alive():
+            loop.close()
 
     def iterate(self, factory: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
         """Iterate an async iterator from synchronous code. Closing the returned iterator

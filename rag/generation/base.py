@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -97,3 +99,21 @@ async def acollect(deltas: AsyncIterator[Delta]) -> Completion:
     if final is None:
         raise RuntimeError("a generation stream ended without its completion")
     return final
+
+
+class Closable(Protocol):
+    def close(self, timeout: float | None = None) -> None: ...
+
+
+def close_at_exit(generator: Closable, timeout: float = 60) -> None:
+    """Close ``generator`` when the program ends, if it is alive then, waiting up to
+    ``timeout`` seconds (a generation still running ends first, within reason). Exit hooks
+    run last registered first: register after the imports whose own hooks need the
+    generator closed before them (multiprocessing's waits for vLLM's engine process)."""
+    atexit.register(_close_if_alive, weakref.ref(generator), timeout)
+
+
+def _close_if_alive(ref: weakref.ref[Closable], timeout: float) -> None:
+    generator = ref()
+    if generator is not None:
+        generator.close(timeout=timeout)

@@ -281,6 +281,8 @@ class OpenAIGenerator:
                                    completion, first if first is not None else total, total))
 
     def close(self) -> None:
+        """Close the connections and stop the loop thread; a later request opens them again."""
         for client in self._clients.values():
             self._loop.run(client.aclose)
         self._clients.clear()
+        self._loop.close()

@@ -17,11 +17,9 @@ exception", exit code 134).
 
 from __future__ import annotations
 
-import atexit
 import queue
 import threading
 import time
-import weakref
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,7 +28,15 @@ from typing import Any
 
 from ingest.heap import freeze_loaded
 from rag.generation.aio import aiterate_in_thread
-from rag.generation.base import Completion, Delta, GenerationParams, Message, acollect, collect
+from rag.generation.base import (
+    Completion,
+    Delta,
+    GenerationParams,
+    Message,
+    acollect,
+    close_at_exit,
+    collect,
+)
 from rag.generation.models import SMOLLM2_ID, chat_token_ids, smollm2_folder
 from rag.settings import GeneratorConfig
 from stores.errors import GenerationError, InvalidInput, MissingDependency, ModelUnavailable
@@ -78,7 +84,7 @@ class TransformersGenerator:
         self.idle_exit_s = IDLE_EXIT_S
         self.device = "cpu"
         self.batches_run = 0  # how many model.generate calls served the requests so far
-        atexit.register(_close_at_exit, weakref.ref(self))
+        close_at_exit(self)
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the scheduler thread once the requests already queued are served (a later
@@ -364,9 +370,3 @@ class _RowsDone:
 
         return torch.tensor([r.done or r.cancelled.is_set() for r in self.batch],
                             device=input_ids.device)
-
-
-def _close_at_exit(ref: weakref.ref[TransformersGenerator]) -> None:
-    generator = ref()
-    if generator is not None:
-        generator.close(timeout=60)  # a generation still running ends first, within reason

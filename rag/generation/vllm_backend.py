@@ -18,7 +18,14 @@ from typing import Any
 
 from ingest.heap import freeze_loaded
 from rag.generation.aio import LoopThread, aiterate_in_thread
-from rag.generation.base import Completion, Delta, GenerationParams, Message, acollect
+from rag.generation.base import (
+    Completion,
+    Delta,
+    GenerationParams,
+    Message,
+    acollect,
+    close_at_exit,
+)
 from rag.generation.models import chat_token_ids
 from rag.settings import GeneratorConfig
 from stores.errors import GenerationError, InvalidInput, MissingDependency, ModelUnavailable
@@ -37,6 +44,7 @@ class VLLMGenerator:
         self._tokenizer: Any = None
         self._loop = LoopThread()
         self._lock = threading.Lock()
+        self._closes_at_exit = False
 
     @property
     def model_id(self) -> str:
@@ -68,6 +76,21 @@ class VLLMGenerator:
             except Exception as exc:
                 raise ModelUnavailable(f"vLLM cannot load {self.model_id}: {exc}") from exc
             freeze_loaded()
+            if not self._closes_at_exit:  # now, after multiprocessing's exit hook: before it
+                close_at_exit(self)  # at exit, which otherwise waits for the engine forever
+                self._closes_at_exit = True
+
+    def close(self, timeout: float | None = None) -> None:
+        """Shut the engine down, waiting up to ``timeout`` seconds: its engine-core process
+        ends and gives back the model's memory (GPU memory, or the CPU KV cache). Requests
+        still running fail. A later request loads the model again."""
+        with self._lock:
+            engine, self._engine, self._tokenizer = self._engine, None, None
+        # The loop first: its end cancels the engine's output handler, which would otherwise
+        # log the engine's death as an error.
+        self._loop.close(timeout)
+        if engine is not None:
+            engine.shutdown(timeout=timeout)
 
     @property
     def context_window(self) -> int:

@@ -347,13 +347,18 @@ def test_an_engine_closes_the_generator_it_made(server: str, tmp_path: Path) -> 
         assert rag.ask("How much is an adult ticket?", params=GREEDY).usage.completion_tokens > 0
         gen = rag.generator
         assert isinstance(gen, OpenAIGenerator) and gen._clients
-        keyword_threads = [t for t in threading.enumerate() if t.name.startswith("rag-bm25")]
+        threads = [t for t in threading.enumerate() if t.name.startswith("rag-bm25")]
+        threads.append(gen._loop._thread)  # type: ignore[arg-type]
     assert not gen._clients  # closed with the engine
-    assert not [t for t in keyword_threads if t.is_alive()]
+    assert not [t for t in threads if t.is_alive()]
     given = _client(server)
     with RAG(make_settings(tmp_path / "given"), generator=given, embedder=HashEmbedder()) as rag:
         rag.ingest([SAMPLES / "observatory-guide.md"])
         rag.ask("How much is an adult ticket?", params=GREEDY)
     assert given._clients  # not the engine's to close
     assert given.generate(ASK, GREEDY).completion_tokens > 0
+    loop_thread = given._loop._thread
+    given.close()
+    assert loop_thread is not None and not loop_thread.is_alive()
+    assert given.generate(ASK, GREEDY).completion_tokens > 0  # opened again
     given.close()

@@ -126,3 +126,65 @@ def test_openai_backend_against_vllm_serve(engines, tmp_path: Path) -> None:  # 
         assert remote.prompt_tokens == local.prompt_tokens
         pieces = list(client.stream(ASK, GREEDY))
         assert "".join(p.text for p in pieces) == local.text
+
+
+def test_close_ends_the_engine_process_and_a_later_request_loads_it_again(  # type: ignore[no-untyped-def]
+        engines) -> None:
+    """Leaving ``with RAG(...)`` closes the generator: the engine-core process ends (giving
+    back the model's memory) with the loop thread. Last in this file: it closes the
+    module's engine."""
+    import psutil
+
+    gen, _ = engines
+    before = gen.generate(ASK, GREEDY).text
+    children = [p for p in psutil.Process().children(recursive=True)
+                if "resource_tracker" not in " ".join(p.cmdline())]  # lives as long as we do
+    assert children, "vLLM runs its engine core in a child process"
+    loop_thread = gen._loop._thread
+    gen.close()
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
+    assert loop_thread is not None and not loop_thread.is_alive()
+    gen.close()  # twice is harmless
+    assert gen.generate(ASK, GREEDY).text == before
+    gen.close()
+
+
+def test_a_program_that_never_closes_the_generator_still_exits(engines, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """multiprocessing's exit hook waits for the engine-core process, which waited for us: a
+    script that ended without close() hung for good. Our exit hook closes it first."""
+    import contextlib
+    import signal
+    import subprocess
+    import sys
+
+    from tests.servers import REPO
+
+    gen, _ = engines
+    script = f"""
+from rag.generation.base import GenerationParams, Message
+from rag.settings import GeneratorConfig, VLLMConfig
+from rag.generation.vllm_backend import VLLMGenerator
+if __name__ == "__main__":
+    cfg = GeneratorConfig(backend="vllm", model={gen.model_id!r}, dtype="float32",
+                          vllm=VLLMConfig(max_model_len=1024, enforce_eager=True,
+                                          gpu_memory_utilization=0.2))
+    gen = VLLMGenerator(cfg, {str(tmp_path)!r})
+    print("tokens:", gen.generate([Message("user", "hi")], GenerationParams(max_tokens=4))
+          .completion_tokens, flush=True)
+"""
+    (tmp_path / "script.py").write_text(script)
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        child = subprocess.Popen([sys.executable, str(tmp_path / "script.py")], cwd=REPO,
+                                 stdout=stdout, stderr=stderr, start_new_session=True,
+                                 env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            code = child.wait(timeout=240)
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)  # the engine processes too
+    assert code == 0, f"exit code {code}: {err.read_text()[-3000:]}"
+    assert "tokens:" in out.read_text()
