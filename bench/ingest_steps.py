@@ -28,9 +28,8 @@ from typing import Any
 from bench.retrieval import DATA, RESULTS, machine
 
 STEPS = [  # (where, method, label): timed when the ingesting thread calls them
-    ("pipeline", "_load", "read and parse files"),
-    ("pipeline", "_token_offsets", "tokenize files for chunking"),
-    ("pipeline", "_chunk", "chunk"),
+    ("pipeline", "_read", "read files"),
+    ("pipeline", "_prepare_here", "parse, tokenize and chunk files"),
     ("catalog", "chunk_ids_of", "catalog: chunks already there"),
     ("catalog", "begin_documents", "catalog: documents begun"),
     ("catalog", "finish_documents", "catalog: chunks and documents finished"),

@@ -44,7 +44,8 @@ def _wait_forward(us_per_token: float, dim: int) -> Callable[[Any, Any], np.ndar
     return forward
 
 
-def run(name: str, us_per_token: float, turns: int) -> dict[str, Any]:
+def run(name: str, us_per_token: float, turns: int, prepare_workers: int = 0
+        ) -> dict[str, Any]:
     from ingest.embedding import SentenceTransformerEmbedder
     from rag.engine import RAG
     from rag.evaluation import load_dataset, write_passages
@@ -54,7 +55,8 @@ def run(name: str, us_per_token: float, turns: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         rag = RAG.from_settings(Settings(data_dir=work / "data", _env_file=None,
-                                         embedding={"device": "cpu", "batch_size": _BATCH}))
+                                         embedding={"device": "cpu", "batch_size": _BATCH},
+                                         ingest={"prepare_workers": prepare_workers}))
         embedder: Any = rag.embedder
         try:
             embedder.warm_up()
@@ -95,11 +97,13 @@ def main(argv: list[str] | None = None, out_dir: Path = RESULTS) -> dict[str, An
     parser.add_argument("--us-per-token", default="1.0,3.5",
                         help="the simulated forward's microseconds per token position")
     parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--prepare-workers", type=int, default=0,
+                        help="processes that parse and chunk files (IngestConfig)")
     parser.add_argument("--out", default="simulated-gpu")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {"machine": machine(), "datasets": {}}
     for name in args.datasets.split(","):
-        results["datasets"][name] = [run(name, float(us), args.turns)
+        results["datasets"][name] = [run(name, float(us), args.turns, args.prepare_workers)
                                      for us in args.us_per_token.split(",")]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{args.out}.json").write_text(json.dumps(results, indent=1))

@@ -54,8 +54,13 @@ class EmbeddingConfig(BaseModel):
 
 
 class IngestConfig(BaseModel):
-    """Limits applied to every file that is ingested."""
+    """Limits applied to every file that is ingested, and where its CPU work runs."""
 
     model_config = ConfigDict(extra="forbid")
 
     max_file_bytes: int = Field(50 * 1024 * 1024, ge=1, description="larger files are refused")
+    prepare_workers: int = Field(
+        0, ge=0, le=64, description="processes that parse, chunk and keyword-tokenize files "
+        "beside the embedding model; 0: the ingesting thread does it. For a fast GPU model on "
+        "a many-core host: there the model's thread needs the GIL for each step of its "
+        "forward pass, and this work would hold it")

@@ -115,6 +115,7 @@ class SentenceTransformerEmbedder:
         self._prepare_lock = threading.Lock()
         self._count_tokens: Callable[[str], int] | None = None
         self._rust: Any = None  # the counter's Rust tokenizer, when the model has one
+        self._tokenizer_json: str | None = None
         self._truncating: Any = None  # see _truncating_tokenizer; False: none
         self._pad_id = 0
         self._from_encodings: bool | None = None  # None until a first batch is compared
@@ -326,6 +327,16 @@ class SentenceTransformerEmbedder:
         if rust is None:
             return None
         return [list(e.offsets) for e in rust.encode_batch(texts, add_special_tokens=False)]
+
+    def tokenizer_json(self) -> str | None:
+        """The counter's Rust tokenizer as JSON, for a worker process to count and chunk
+        exactly as this one does; None without a fast tokenizer."""
+        rust = self._rust_tokenizer()
+        if rust is None:
+            return None
+        if self._tokenizer_json is None:
+            self._tokenizer_json = str(rust.to_str())
+        return self._tokenizer_json
 
     def _token_lengths(self, texts: list[str]) -> list[int]:
         """Token counts of ``texts``, to sort them into batches of like length. Characters

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,7 +32,8 @@ from ingest.catalog.records import JOB_DONE
 from ingest.chunking import Chunk, Chunker
 from ingest.config import ChunkingConfig, IngestConfig
 from ingest.embedding import Embedder
-from ingest.loaders import LoadedDocument, load_bytes, mime_type_for
+from ingest.loaders import LoadedDocument, mime_type_for
+from ingest.prepare import Failure, Prepared, PrepareWorker, chunk_documents, parse
 from stores.base import Eq, Record, VectorStore
 from stores.errors import DimensionMismatch, InvalidInput, PayloadTooLarge, RagError
 from stores.keyword import KeywordIndex
@@ -40,7 +43,7 @@ _GROUP_CHUNKS = 1024  # chunks embedded together: length-sorted batches waste le
 _FIRST_GROUP_CHUNKS = 64  # the first group: the model starts after a few files
 _LAST_GROUP_CHUNKS = 256  # the smallest of the groups that shrink toward the end
 _LOOKAHEAD_FILES = 64  # files parsed ahead, to tokenize their texts in one call for chunking
-_LOOKAHEAD_CHARS = 4_000_000  # ... or fewer, when their texts are long
+_LOOKAHEAD_BYTES = 4_000_000  # ... or fewer, when they are large
 
 
 @dataclass
@@ -101,20 +104,22 @@ class _File:
 
 
 @dataclass
-class _Loaded(_File):
-    """A file read and parsed, waiting for its chunking."""
+class _Read(_File):
+    """A file read (new or changed), waiting for its parsing and chunking."""
 
-    document: LoadedDocument
+    data: bytes
     existing: Document | None
 
 
 @dataclass
 class _Prepared(_File):
-    """A file chunked, waiting for its vectors (its text is no longer kept)."""
+    """A file chunked, waiting for its vectors (its text is no longer kept). ``tokens``:
+    its chunks' keyword tokens, when the worker process made them."""
 
     chunks: list[Chunk]
     metadata: dict[str, object]
     existing: Document | None
+    tokens: list[str] | None = None
 
 
 def expand_paths(paths: Iterable[Path]) -> Iterator[Path]:
@@ -164,6 +169,27 @@ class IngestPipeline:
         self.catalog = catalog
         self.embedder = embedder
         self.config = config
+        self._workers: list[PrepareWorker] = []
+        self._workers_lock = threading.Lock()
+
+    def _prepare_workers(self) -> tuple[list[PrepareWorker], str] | None:
+        """The worker processes and the model's tokenizer, when files are prepared there."""
+        if self.config.prepare_workers == 0:
+            return None
+        tokenizer_json = getattr(self.embedder, "tokenizer_json", lambda: None)()
+        if tokenizer_json is None:
+            return None  # no Rust tokenizer to hand over: prepared in this thread
+        with self._workers_lock:
+            while len(self._workers) < self.config.prepare_workers:
+                self._workers.append(PrepareWorker())
+            return list(self._workers), tokenizer_json
+
+    def close(self) -> None:
+        """End the worker processes, if any were started."""
+        with self._workers_lock:
+            workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.close()
 
     def chunker(self, kb: KnowledgeBase) -> Chunker:
         return Chunker(ChunkingConfig(**kb.chunking), self.embedder.count_tokens,
@@ -219,10 +245,14 @@ class IngestPipeline:
         # _GROUP_CHUNKS, and the last ones shrink again. A third thread makes the group's
         # keyword tokens meanwhile, work this thread used to do after the model (on a GPU,
         # this thread's work sets the pace: cmrc2018-dev's tokens took 0.3 s of it on 2
-        # cores).
+        # cores). With worker processes (``IngestConfig.prepare_workers``), parsing, chunking
+        # and keyword tokens happen there instead, batches of files in turn, two per worker
+        # ahead, taken back in order.
         group: list[_Prepared] = []
         group_limit = _FIRST_GROUP_CHUNKS
         pending: tuple[list[_Prepared], Future[np.ndarray], Future[list[str]]] | None = None
+        workers = self._prepare_workers()
+        in_flight: deque[tuple[list[_Read], Future[list[Prepared | Failure]]]] = deque()
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="rag-embed") as pool, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-keywords") as words:
 
@@ -230,7 +260,12 @@ class IngestPipeline:
                 nonlocal pending
                 texts = [c.indexed_text for p in ready for c in p.chunks]
                 embedding = pool.submit(self.embedder.embed_documents, texts)
-                tokens = words.submit(indexes.keywords.tokens_of, texts)
+                tokens: Future[list[str]]
+                if all(p.tokens is not None for p in ready):
+                    tokens = Future()
+                    tokens.set_result([t for p in ready for t in p.tokens or ()])
+                else:
+                    tokens = words.submit(indexes.keywords.tokens_of, texts)
                 if pending is not None:
                     emit(*self._write_group(kb, indexes, *pending))
                 pending = (ready, embedding, tokens)
@@ -241,22 +276,24 @@ class IngestPipeline:
                     todo.setdefault((sources or {}).get(path) or str(path.resolve()), path)
                 known = self.catalog.find_documents(kb.id, list(todo))
                 group_chunks = 0
-                loaded: list[_Loaded] = []
-                loaded_chars, lookahead = 0, 4
+                loaded: list[_Read] = []
+                loaded_bytes, lookahead = 0, 4
                 files_left, chunked_files, chunked = len(todo), 0, 0
+                sent = 0  # batches sent to the worker processes
 
-                def chunk_loaded() -> None:
-                    """Chunk the files parsed so far; full groups go to the model."""
-                    nonlocal group, group_chunks, group_limit, lookahead, loaded_chars
-                    nonlocal files_left, chunked_files, chunked
-                    offsets = self._token_offsets([f.document.text for f in loaded])
-                    for f, spans in zip(loaded, offsets, strict=True):
+                def take(batch: list[_Read], outcomes: list[Prepared | Failure]) -> None:
+                    """Group prepared files; full groups go to the model."""
+                    nonlocal group, group_chunks, group_limit, files_left, chunked_files, chunked
+                    for f, outcome in zip(batch, outcomes, strict=True):
                         files_left -= 1
-                        outcome = self._chunk(kb, chunker, f, spans)
-                        if isinstance(outcome, FileResult):
-                            emit(outcome)
+                        if isinstance(outcome, Failure):
+                            emit(self._fail(kb, f.doc_id, f.path.name, f.source, f.mime, f.size,
+                                            outcome.error()))
                             continue
-                        group.append(outcome)
+                        group.append(_Prepared(
+                            f.path, f.source, f.doc_id, f.data_sha, f.size, f.mime,
+                            outcome.chunks, {"sha256": f.data_sha, **outcome.metadata},
+                            f.existing, outcome.tokens))
                         group_chunks += len(outcome.chunks)
                         chunked_files += 1
                         chunked += len(outcome.chunks)
@@ -272,22 +309,47 @@ class IngestPipeline:
                             submit(group)
                             group, group_chunks = [], 0
                             group_limit = min(group_limit * 2, _GROUP_CHUNKS)
-                    loaded.clear()
-                    loaded_chars = 0
+
+                def take_ready(wait: bool = False) -> None:
+                    """Take the worker's finished batches, in order; with ``wait``, or while
+                    too many are out, wait for the oldest."""
+                    while in_flight and (wait or in_flight[0][1].done()
+                                         or len(in_flight) > 2 * len(workers or ((),))):
+                        batch, future = in_flight.popleft()
+                        try:
+                            outcomes = future.result()
+                        except RagError as exc:  # the process died: these files fail, the
+                            outcomes = [Failure(exc.type, exc.message)] * len(batch)  # next
+                        take(batch, outcomes)  # batch starts another
+
+                def prepare_loaded() -> None:
+                    """Parse and chunk the files read so far, here or in the worker."""
+                    nonlocal loaded, loaded_bytes, lookahead, sent
+                    batch, loaded, loaded_bytes = loaded, [], 0
                     lookahead = min(lookahead * 2, _LOOKAHEAD_FILES)
+                    named = [(f.path.name, f.data) for f in batch]
+                    if workers is None:
+                        take(batch, self._prepare_here(chunker, named))
+                        return
+                    worker = workers[0][sent % len(workers[0])]  # in turn
+                    sent += 1
+                    in_flight.append((batch, worker.submit(kb.chunking, workers[1], named)))
+                    take_ready()
 
                 for source, path in todo.items():
-                    outcome = self._load(kb, path, source, known.get(source))
+                    outcome = self._read(kb, path, source, known.get(source))
                     if isinstance(outcome, FileResult):
                         files_left -= 1
                         emit(outcome)
                         continue
                     loaded.append(outcome)
-                    loaded_chars += len(outcome.document.text)
-                    if len(loaded) >= lookahead or loaded_chars >= _LOOKAHEAD_CHARS:
-                        chunk_loaded()
+                    loaded_bytes += outcome.size
+                    if len(loaded) >= lookahead or loaded_bytes >= _LOOKAHEAD_BYTES:
+                        prepare_loaded()
+                    take_ready()
                 if loaded:
-                    chunk_loaded()
+                    prepare_loaded()
+                take_ready(wait=True)
                 if group:
                     submit(group)
                 if pending is not None:
@@ -300,10 +362,10 @@ class IngestPipeline:
         self.catalog.update_job(job.id, status=JOB_DONE)
         return report
 
-    def _load(
+    def _read(
         self, kb: KnowledgeBase, path: Path, source: str, existing: Document | None,
-    ) -> _Loaded | FileResult:
-        """Read and parse a file; an unchanged one is reported as such."""
+    ) -> _Read | FileResult:
+        """Read a file; an unchanged one is reported as such."""
         name = path.name
         doc_id = document_id(kb.id, source)
         try:
@@ -322,11 +384,16 @@ class IngestPipeline:
         sha = hashlib.sha256(data).hexdigest()
         if existing is not None and existing.status == DOC_INDEXED and existing.sha256 == sha:
             return FileResult(name, source, UNCHANGED, existing.chunk_count, doc_id)
-        try:
-            document = load_bytes(name, data)
-        except RagError as exc:
-            return self._fail(kb, doc_id, name, source, mime, len(data), exc)
-        return _Loaded(path, source, doc_id, sha, len(data), mime, document, existing)
+        return _Read(path, source, doc_id, sha, len(data), mime, data, existing)
+
+    def _prepare_here(self, chunker: Chunker,
+                      files: list[tuple[str, bytes]]) -> list[Prepared | Failure]:
+        """Parse and chunk files in this thread."""
+        docs = parse(files)
+        spans = iter(self._token_offsets([d.text for d in docs
+                                          if isinstance(d, LoadedDocument)]))
+        offsets = [next(spans) if isinstance(d, LoadedDocument) else None for d in docs]
+        return chunk_documents(chunker, [name for name, _ in files], docs, offsets)
 
     def _token_offsets(self, texts: list[str]) -> list[list[tuple[int, int]] | None]:
         """The texts' token spans for the chunker, from one tokenizer call when the embedder
@@ -336,20 +403,6 @@ class IngestPipeline:
         batch = getattr(self.embedder, "token_offsets_batch", None)
         offsets = batch(texts) if batch is not None else None
         return offsets if offsets is not None else [None] * len(texts)
-
-    def _chunk(
-        self, kb: KnowledgeBase, chunker: Chunker, f: _Loaded,
-        spans: list[tuple[int, int]] | None,
-    ) -> _Prepared | FileResult:
-        try:
-            chunks = chunker.split(f.document, spans)
-            if not chunks:
-                raise InvalidInput(f"{f.path.name}: no text to index")
-        except RagError as exc:
-            return self._fail(kb, f.doc_id, f.path.name, f.source, f.mime, f.size, exc)
-        meta: dict[str, object] = {"sha256": f.data_sha, **f.document.metadata}
-        return _Prepared(f.path, f.source, f.doc_id, f.data_sha, f.size, f.mime, chunks, meta,
-                         f.existing)
 
     def _fail(
         self, kb: KnowledgeBase, doc_id: str, name: str, source: str, mime: str, size: int,

@@ -314,6 +314,7 @@ class RAG:
                 indexes.keywords.close()
             self._indexes.clear()
         self.retriever.close()
+        self.pipeline.close()
         self.catalog.close()
         close_embedder = getattr(self.embedder, "close", None)
         if self._owns_embedder and close_embedder is not None:

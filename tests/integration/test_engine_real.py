@@ -111,3 +111,73 @@ def test_long_texts_are_truncated_not_fatal(real_embedder) -> None:  # type: ign
     assert real_embedder.count_tokens(long) > 2000
     assert real_embedder.embed_documents([long, "short"]).shape == (2, real_embedder.dim)
     assert real_embedder.embed_query(long).shape == (real_embedder.dim,)
+
+
+def test_worker_processes_prepare_the_same_chunks_and_keywords(
+        tmp_path: Path, real_embedder, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """``prepare_workers``: files parsed, chunked and keyword-tokenized in worker processes
+    give what the ingesting thread gives (chunks, token counts, keyword matches, the same
+    failures); a worker killed mid-ingestion fails its files with a message and the next
+    batch starts another; closing the engine ends the processes."""
+    import os
+    import signal
+
+    import psutil
+
+    from tests.unit.test_pipeline import assert_consistent
+
+    docs = tmp_path / "docs"
+    shutil.copytree(SAMPLES, docs, ignore=shutil.ignore_patterns("*.py"))
+    for i in range(40):
+        (docs / f"note-{i:02}.md").write_text(
+            f"# Note {i}\n\n" + " ".join(f"Sentence {j} of note {i}." for j in range(30 + i)))
+    (docs / "empty.txt").write_text("   ")
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    seen = {}
+    for workers in (0, 2):
+        rag = RAG(make_settings(tmp_path / f"w{workers}", ingest={"prepare_workers": workers}),
+                  embedder=real_embedder)
+        report = rag.ingest([docs])
+        assert len(report.added) == 45
+        failed = sorted((r.name, r.error) for r in report.failed)
+        chunks = sorted((d.name, c.ordinal, c.text, c.token_count)
+                        for d in rag.list_documents(limit=100)
+                        for c in rag.catalog.list_chunks(d.id, 0, 1000))
+        hits = [[p.text for p in rag.search(q, mode="keyword").passages]
+                for q in ("西湖龙井", "refund business days", "Sentence 12 of note 31")]
+        seen[workers] = (failed, chunks, hits)
+        assert_consistent(rag)
+        kids = [p for p in psutil.Process().children() if "ingest.prepare" in p.cmdline()]
+        assert len(kids) == workers
+        rag.close()
+        assert not [p for p in kids if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert seen[2] == seen[0]
+    assert [name for name, _ in seen[0][0]] == ["broken.pdf", "empty.txt"]
+
+    # A worker that dies: its batch fails with a message, the ingestion goes on.
+    import ingest.prepare
+
+    rag = RAG(make_settings(tmp_path / "killed", ingest={"prepare_workers": 1}),
+              embedder=real_embedder)
+    real_write = ingest.prepare._write
+    killed: list[int] = []
+
+    def die_first(stream, value):  # type: ignore[no-untyped-def]
+        if not killed:  # the process dies just before its first request
+            proc = rag.pipeline._workers[0]._proc
+            assert proc is not None
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            killed.append(proc.pid)
+        real_write(stream, value)
+
+    monkeypatch.setattr(ingest.prepare, "_write", die_first)
+    report = rag.ingest([docs])
+    lost = [r for r in report.failed if r.name not in ("broken.pdf", "empty.txt")]
+    assert killed and lost and len(lost) + len(report.added) == 45
+    assert all("ingestion worker process failed" in (r.error or "") for r in lost)
+    assert_consistent(rag)
+    again = rag.ingest([docs])  # a new process: the failed files are ingested now
+    assert sorted(again.added) == sorted(r.name for r in lost)
+    assert_consistent(rag)
+    rag.close()
