@@ -32,8 +32,8 @@ from ingest.catalog.records import JOB_DONE
 from ingest.chunking import Chunk, Chunker
 from ingest.config import ChunkingConfig, IngestConfig
 from ingest.embedding import Embedder
-from ingest.loaders import LoadedDocument, mime_type_for
-from ingest.prepare import Failure, Prepared, PrepareWorker, chunk_documents, parse
+from ingest.loaders import mime_type_for
+from ingest.prepare import Failure, Prepared, PrepareWorker, prepare_files
 from stores.base import Eq, Record, VectorStore
 from stores.errors import DimensionMismatch, InvalidInput, PayloadTooLarge, RagError
 from stores.keyword import KeywordIndex
@@ -389,11 +389,7 @@ class IngestPipeline:
     def _prepare_here(self, chunker: Chunker,
                       files: list[tuple[str, bytes]]) -> list[Prepared | Failure]:
         """Parse and chunk files in this thread."""
-        docs = parse(files)
-        spans = iter(self._token_offsets([d.text for d in docs
-                                          if isinstance(d, LoadedDocument)]))
-        offsets = [next(spans) if isinstance(d, LoadedDocument) else None for d in docs]
-        return chunk_documents(chunker, [name for name, _ in files], docs, offsets)
+        return prepare_files(chunker, files, self._token_offsets)
 
     def _token_offsets(self, texts: list[str]) -> list[list[tuple[int, int]] | None]:
         """The texts' token spans for the chunker, from one tokenizer call when the embedder

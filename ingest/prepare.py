@@ -5,7 +5,8 @@ forward pass; the pure-Python work of parsing and chunking files in the ingestin
 and of making their keyword tokens, holds the GIL meanwhile and slows the model down. A
 worker process does that work beside the model instead. Modelled on 2 cores with a model
 that takes 1.0 us per token (``bench.simulated_gpu``), cmrc2018-dev's ingestion went from
-0.80 of the bare encode to about 1.0 once that work was out of the way.
+0.79-0.85 of the bare encode to 1.06-1.07 when that work's results were taken from a cache
+(a bound, not a measurement of these processes: on 2 cores they still need a core for it).
 
 The worker is a plain child process (``python -m ingest.prepare``) that reads pickled
 requests on stdin and writes pickled replies on stdout, one at a time in order: unlike
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,14 +85,21 @@ def chunk_documents(chunker: Chunker, names: Sequence[str],
     return out
 
 
-def parse(files: Sequence[tuple[str, bytes]]) -> list[LoadedDocument | RagError]:
+def prepare_files(
+        chunker: Chunker, files: Sequence[tuple[str, bytes]],
+        offsets_of: Callable[[list[str]], list[list[tuple[int, int]] | None]],
+) -> list[Prepared | Failure]:
+    """Parse and chunk ``(name, bytes)`` files; ``offsets_of``: the token spans of the parsed
+    texts, from one tokenizer call."""
     docs: list[LoadedDocument | RagError] = []
     for name, data in files:
         try:
             docs.append(load_bytes(name, data))
         except RagError as exc:
             docs.append(exc)
-    return docs
+    spans = iter(offsets_of([d.text for d in docs if isinstance(d, LoadedDocument)]))
+    offsets = [next(spans) if isinstance(d, LoadedDocument) else None for d in docs]
+    return chunk_documents(chunker, [name for name, _ in files], docs, offsets)
 
 
 class _Preparer:
@@ -117,13 +125,11 @@ class _Preparer:
         def spans(text: str) -> list[tuple[int, int]]:
             return list(rust.encode(text, add_special_tokens=False).offsets)
 
+        def offsets_of(texts: list[str]) -> list[list[tuple[int, int]] | None]:
+            return [list(e.offsets) for e in rust.encode_batch(texts, add_special_tokens=False)]
+
         chunker = Chunker(ChunkingConfig(**chunking), count, spans)
-        docs = parse(files)
-        texts = [d.text for d in docs if isinstance(d, LoadedDocument)]
-        encoded = iter(rust.encode_batch(texts, add_special_tokens=False))
-        offsets = [list(next(encoded).offsets) if isinstance(d, LoadedDocument) else None
-                   for d in docs]
-        out = chunk_documents(chunker, [n for n, _ in files], docs, offsets)
+        out = prepare_files(chunker, files, offsets_of)
         return [Prepared(p.chunks, p.metadata,
                          KeywordIndex.tokens_of([c.indexed_text for c in p.chunks]))
                 if isinstance(p, Prepared) else p for p in out]
