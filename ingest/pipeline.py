@@ -252,6 +252,7 @@ class IngestPipeline:
         group_limit = _FIRST_GROUP_CHUNKS
         pending: tuple[list[_Prepared], Future[np.ndarray], Future[list[str]]] | None = None
         workers = self._prepare_workers()
+        ahead = 2 * len(workers[0]) if workers else 0  # batches the workers may have on hand
         in_flight: deque[tuple[list[_Read], Future[list[Prepared | Failure]]]] = deque()
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="rag-embed") as pool, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-keywords") as words:
@@ -314,13 +315,14 @@ class IngestPipeline:
                     """Take the worker's finished batches, in order; with ``wait``, or while
                     too many are out, wait for the oldest."""
                     while in_flight and (wait or in_flight[0][1].done()
-                                         or len(in_flight) > 2 * len(workers or ((),))):
+                                         or len(in_flight) > ahead):
                         batch, future = in_flight.popleft()
                         try:
                             outcomes = future.result()
-                        except RagError as exc:  # the process died: these files fail, the
-                            outcomes = [Failure(exc.type, exc.message)] * len(batch)  # next
-                        take(batch, outcomes)  # batch starts another
+                        except RagError as exc:
+                            # The process died: these files fail; the next batch starts another.
+                            outcomes = [Failure(exc.type, exc.message)] * len(batch)
+                        take(batch, outcomes)
 
                 def prepare_loaded() -> None:
                     """Parse and chunk the files read so far, here or in the worker."""
