@@ -348,7 +348,7 @@ def main() -> None:
         fresh = run_dataset(name, args.limit, args.seed, backends, args.rounds, args.peers,
                             args.device, tuple(args.precisions.split(",")), args.rerank_model)
         earlier = results["datasets"].get(name)
-        if earlier is not None and earlier.get("questions") == fresh["questions"]:
+        if isinstance(earlier, dict) and earlier.get("questions") == fresh["questions"]:
             # Rows of backends not run this time stay (marked with the run they came from).
             for part in ("ingest", "retrieval"):
                 for row, value in earlier[part].items():
