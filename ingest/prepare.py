@@ -103,7 +103,8 @@ def prepare_files(
 
 
 class _Preparer:
-    """The worker's side: one chunker per (chunking settings, tokenizer)."""
+    """The worker's side: keeps each tokenizer it is sent (once per worker process) and
+    chunks each request's files with that request's chunking settings."""
 
     def __init__(self) -> None:
         self._tokenizers: dict[int, Any] = {}
