@@ -172,8 +172,8 @@ class IngestPipeline:
         self._workers: list[PrepareWorker] = []
         self._workers_lock = threading.Lock()
 
-    def _prepare_workers(self) -> tuple[list[PrepareWorker], str] | None:
-        """The worker processes and the model's tokenizer, when files are prepared there."""
+    def _prepare_workers(self) -> list[PrepareWorker] | None:
+        """The worker processes, when files are prepared there."""
         if self.config.prepare_workers == 0:
             return None
         tokenizer_json = getattr(self.embedder, "tokenizer_json", lambda: None)()
@@ -181,8 +181,8 @@ class IngestPipeline:
             return None  # no Rust tokenizer to hand over: prepared in this thread
         with self._workers_lock:
             while len(self._workers) < self.config.prepare_workers:
-                self._workers.append(PrepareWorker())
-            return list(self._workers), tokenizer_json
+                self._workers.append(PrepareWorker(tokenizer_json))
+            return list(self._workers)
 
     def close(self) -> None:
         """End the worker processes, if any were started."""
@@ -252,7 +252,7 @@ class IngestPipeline:
         group_limit = _FIRST_GROUP_CHUNKS
         pending: tuple[list[_Prepared], Future[np.ndarray], Future[list[str]]] | None = None
         workers = self._prepare_workers()
-        ahead = 2 * len(workers[0]) if workers else 0  # batches the workers may have on hand
+        ahead = 2 * len(workers) if workers else 0  # batches the workers may have on hand
         in_flight: deque[tuple[list[_Read], Future[list[Prepared | Failure]]]] = deque()
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="rag-embed") as pool, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-keywords") as words:
@@ -333,9 +333,9 @@ class IngestPipeline:
                     if workers is None:
                         take(batch, self._prepare_here(chunker, named))
                         return
-                    worker = workers[0][sent % len(workers[0])]  # in turn
+                    worker = workers[sent % len(workers)]  # in turn
                     sent += 1
-                    in_flight.append((batch, worker.submit(kb.chunking, workers[1], named)))
+                    in_flight.append((batch, worker.submit(kb.chunking, named)))
                     take_ready()
 
                 for source, path in todo.items():

@@ -9,10 +9,10 @@ that takes 1.0 us per token (``bench.simulated_gpu``), cmrc2018-dev's ingestion 
 (a bound, not a measurement of these processes: on 2 cores they still need a core for it).
 
 The worker is a plain child process (``python -m ingest.prepare``) that reads pickled
-requests on stdin and writes pickled replies on stdout, one at a time in order: unlike
-``multiprocessing``'s spawn, it never imports the caller's ``__main__``, so a script
-without a ``__main__`` guard works. It loads the loaders, the chunker and the model's Rust
-tokenizer (sent once as JSON), nothing else.
+requests on stdin (the first: the model's tokenizer as JSON) and writes pickled replies on
+stdout, one at a time in order. Unlike ``multiprocessing``'s spawn, it never imports the
+caller's ``__main__``, so a script without a ``__main__`` guard works. It loads the loaders,
+the chunker and the model's Rust tokenizer, nothing else.
 """
 
 from __future__ import annotations
@@ -103,22 +103,19 @@ def prepare_files(
 
 
 class _Preparer:
-    """The worker's side: keeps each tokenizer it is sent (once per worker process) and
-    chunks each request's files with that request's chunking settings."""
+    """The worker's side: the model's tokenizer, sent once, and a chunker per request with
+    that request's chunking settings."""
 
-    def __init__(self) -> None:
-        self._tokenizers: dict[int, Any] = {}
-
-    def run(self, chunking: dict[str, Any], tokenizer_key: int, tokenizer_json: str | None,
-            files: list[tuple[str, bytes]]) -> list[Prepared | Failure]:
+    def __init__(self, tokenizer_json: str) -> None:
         from tokenizers import Tokenizer
 
-        if tokenizer_json is not None:
-            rust = Tokenizer.from_str(tokenizer_json)
-            rust.no_truncation()
-            rust.no_padding()
-            self._tokenizers[tokenizer_key] = rust
-        rust = self._tokenizers[tokenizer_key]
+        self._rust = Tokenizer.from_str(tokenizer_json)
+        self._rust.no_truncation()
+        self._rust.no_padding()
+
+    def run(self, chunking: dict[str, Any],
+            files: list[tuple[str, bytes]]) -> list[Prepared | Failure]:
+        rust = self._rust
 
         def count(text: str) -> int:
             return len(rust.encode(text, add_special_tokens=False))
@@ -159,7 +156,10 @@ def main() -> None:
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     requests = sys.stdin.buffer
-    preparer = _Preparer()
+    try:
+        preparer = _Preparer(_read(requests))  # the first message: the tokenizer
+    except EOFError:
+        return
     while True:
         try:
             request = _read(requests)
@@ -176,28 +176,28 @@ class PrepareWorker:
     """The caller's side: ``submit`` sends files to the worker process and returns a future
     of their outcomes; the process starts on first use and again after it died."""
 
-    def __init__(self) -> None:
+    def __init__(self, tokenizer_json: str) -> None:
+        self._tokenizer_json = tokenizer_json  # the model's, sent to each process it starts
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._pending: deque[Future[list[Prepared | Failure]]] = deque()
-        self._sent: set[int] = set()  # tokenizers the process has
 
-    def submit(self, chunking: dict[str, Any], tokenizer_json: str,
+    def submit(self, chunking: dict[str, Any],
                files: list[tuple[str, bytes]]) -> Future[list[Prepared | Failure]]:
         future: Future[list[Prepared | Failure]] = Future()
-        key = hash(tokenizer_json)
         # Writes are ordered by their own lock, never under the state lock: a write can wait
         # for the process to read, which can wait for the reply thread to take a reply.
         with self._write_lock:
             with self._lock:
-                proc, pending = self._start(), self._pending
-                known = key in self._sent
-                self._sent.add(key)
+                proc, started = self._start()
+                pending = self._pending
             pending.append(future)
             try:
                 assert proc.stdin is not None
-                _write(proc.stdin, (chunking, key, None if known else tokenizer_json, files))
+                if started:
+                    _write(proc.stdin, self._tokenizer_json)
+                _write(proc.stdin, (chunking, files))
             except OSError as exc:  # the process died: the reply thread fails the others
                 with self._lock:
                     if future in pending:
@@ -207,17 +207,18 @@ class PrepareWorker:
                         f"the ingestion worker process failed: {exc}"))
         return future
 
-    def _start(self) -> subprocess.Popen[bytes]:
+    def _start(self) -> tuple[subprocess.Popen[bytes], bool]:
+        """The running process, or a new one (True)."""
         if self._proc is not None and self._proc.poll() is None:
-            return self._proc
+            return self._proc, False
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
         proc = subprocess.Popen([sys.executable, "-m", "ingest.prepare"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=env)
-        self._proc, self._sent, self._pending = proc, set(), deque()
+        self._proc, self._pending = proc, deque()
         threading.Thread(target=self._replies, args=(proc, self._pending), daemon=True,
                          name="rag-prepare-replies").start()
-        return proc
+        return proc, True
 
     def _replies(self, proc: subprocess.Popen[bytes],
                  pending: deque[Future[list[Prepared | Failure]]]) -> None:
