@@ -39,6 +39,11 @@ class EmbeddingConfig(BaseModel):
         "batches run faster on few cores), 128 on GPU")
     precision: Literal["auto", "float32", "float16"] = Field(
         "auto", description="auto: float16 on a GPU, float32 on CPU (torch backend)")
+    trace_queries: bool = Field(
+        True, description="torch backend on CPU: encode queries through a frozen TorchScript "
+        "graph of the model, checked against the model when built (same vectors; a MiniLM "
+        "query 4.8 ms instead of 5.8 ms on 2 cores). Models over 150M parameters, GPUs and "
+        "document batches keep the eager forward pass")
     query_prefix: str = Field("", description="prepended to queries (e5: 'query: ')")
     document_prefix: str = Field("", description="prepended to chunks (e5: 'passage: ')")
 

@@ -9,13 +9,15 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 from ingest.config import EmbeddingConfig
 from ingest.heap import freeze_loaded
 from ingest.model_thread import ModelThread
+from ingest.query_graph import MAX_PARAMETERS, QueryGraph
+from ingest.query_graph import build as build_query_graph
 from stores.errors import ModelUnavailable
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -105,7 +107,8 @@ class SentenceTransformerEmbedder:
     """A sentence-transformers model; cheap to construct, loaded by ``warm_up()`` or first use.
 
     Every encode runs on the embedder's own ``ModelThread``: document batches sorted by
-    length, one batch per call, and queries in between them, batched together.
+    length, one batch per call, and queries in between them, batched together. On CPU,
+    queries go through a traced graph of the model (``ingest/query_graph.py``).
     """
 
     def __init__(self, config: EmbeddingConfig) -> None:
@@ -123,6 +126,7 @@ class SentenceTransformerEmbedder:
         self._input_keys: frozenset[str] = frozenset()  # the model's input arrays
         self._extras: dict[str, Any] = {}  # the model's inputs that are not arrays
         self.device: str | None = None
+        self._graph: QueryGraph | Literal[False] | None = None  # None: not built; False: none
         self._worker = ModelThread("rag-model", self._encode)
 
     @property
@@ -213,7 +217,27 @@ class SentenceTransformerEmbedder:
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         """One batch (the queries waiting together), on the model thread."""
-        return self._forward(self._prepare(texts))
+        features = self._prepare(texts)
+        graph = self._query_graph()
+        if graph is not None and graph.fits(features):
+            return graph(features)
+        return self._forward(features)
+
+    def _query_graph(self) -> QueryGraph | None:
+        """The traced graph queries run through, built on first use; None where queries take
+        the eager pass: another backend (ONNX runs its own session), ``trace_queries`` off,
+        a GPU, float16, a model over ``MAX_PARAMETERS``, or one whose graph failed its
+        check."""
+        if self._graph is None:
+            model = self.model
+            device = self.device or "cpu"
+            eligible = (self.config.backend == "torch" and self.config.trace_queries
+                        and device == "cpu"
+                        and self.config.resolved_precision(device) == "float32"
+                        and sum(p.numel() for p in model.parameters()) <= MAX_PARAMETERS)
+            graph = build_query_graph(model, self._tokenize, self._forward) if eligible else None
+            self._graph = graph or False
+        return self._graph or None
 
     def _prepare(self, texts: list[str], encodings: list[Any] | None = None) -> Any:
         """A batch's model inputs, as ``encode`` makes them; in any thread.

