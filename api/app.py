@@ -63,13 +63,13 @@ def _error(status: int, kind: str, message: str) -> JSONResponse:
 
 
 def _warm_up(engine: RAG) -> None:
-    """Load the embedding model and encode one query, so that the first question waits for
-    neither (on CPU that query also builds the traced graph that queries go through)."""
+    """Load the embedding model, and build what its queries go through (on CPU, a traced
+    graph of the model), so that the first question waits for neither."""
     warm_up = getattr(engine.embedder, "warm_up", None)
     if warm_up is not None:
         try:
             warm_up()
-            engine.embedder.embed_query("warm-up")
+            getattr(engine.embedder, "prepare_queries", lambda: None)()
         except RagError as exc:
             log.warning("embedding model not loaded at start: %s", exc.message)
 

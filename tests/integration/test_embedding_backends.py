@@ -41,6 +41,7 @@ def test_torch_backend_equals_sentence_transformers_encode(real_embedder) -> Non
     from concurrent.futures import ThreadPoolExecutor
 
     reference = real_embedder.model.encode(TEXTS, normalize_embeddings=True)
+    real_embedder.prepare_queries()  # the API server does this at its start
     assert np.allclose(real_embedder.embed_documents(TEXTS), reference, atol=1e-5)
     assert np.allclose(real_embedder.embed_documents(TEXTS[::-1]), reference[::-1], atol=1e-5)
     with ThreadPoolExecutor(8) as pool:
@@ -87,22 +88,33 @@ def test_onnx_matches_the_torch_model(backend: str, floor: float, cache: Path,
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     # Queries run in onnxruntime too, not through a traced graph of the torch model (int8
     # quantizes each batch's activations on their own range: a batch of one, alike).
+    onnx.prepare_queries()
     assert np.allclose(onnx.embed_query(TEXTS[0]), onnx.embed_documents(TEXTS[:1])[0],
                        atol=1e-5)
     assert onnx._graph is False
     onnx.close()
 
 
-def test_queries_without_the_traced_graph_get_the_same_vectors(real_embedder) -> None:
-    eager = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu", trace_queries=False))
+def test_the_graph_is_built_after_enough_queries_and_gives_the_same_vectors() -> None:
+    """Queries take the eager pass until more than ``trace_after_queries`` were encoded (a
+    command asking one question does not pay for the graph), then the graph; the vectors
+    are the same. With ``trace_queries`` off there is never a graph."""
+    embedder = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu"))
+    embedder.trace_after_queries = len(TEXTS)
+    off = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu", trace_queries=False))
     try:
-        vectors = np.stack([eager.embed_query(t) for t in TEXTS])
+        eager = np.stack([embedder.embed_query(t) for t in TEXTS])
+        assert embedder._graph is None
+        traced = np.stack([embedder.embed_query(t) for t in TEXTS])
+        assert isinstance(embedder._graph, QueryGraph)
+        embedder.close()
+        off.prepare_queries()
+        assert off._graph is False
+        assert np.allclose(np.stack([off.embed_query(t) for t in TEXTS]), eager, atol=1e-5)
     finally:
-        eager.close()
-    assert eager._graph is False
-    traced = np.stack([real_embedder.embed_query(t) for t in TEXTS])
-    assert isinstance(real_embedder._graph, QueryGraph)
-    assert np.allclose(vectors, traced, atol=1e-5)
+        embedder.close()
+        off.close()
+    assert np.allclose(traced, eager, atol=1e-5)
 
 
 def _char_inputs(texts: list[str]) -> dict[str, Any]:
@@ -388,3 +400,26 @@ def test_the_chunker_counts_minilm_tokens_from_one_call_per_document(real_embedd
     chunker = Chunker(config, real_embedder.count_tokens)
     assert ([chunker.split(d, s) for d, s in zip(docs, together, strict=True)]
             == [chunker.split(d) for d in docs])
+
+
+def test_the_api_server_builds_the_query_graph_when_it_starts(tmp_path: Path) -> None:
+    """The server's warm-up loads the model and builds the graph, so its first question
+    pays for neither."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    embedder = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu"))
+    rag = RAG(make_settings(tmp_path), embedder=embedder)
+    try:
+        with TestClient(create_app(rag=rag)):
+            for _ in range(600):
+                if embedder._graph is not None:
+                    break
+                time.sleep(0.1)
+            assert isinstance(embedder._graph, QueryGraph)
+            assert embedder._queries == 0  # built, not by answering a query
+    finally:
+        rag.close()
