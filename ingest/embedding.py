@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from ingest.model_thread import ModelThread
 from ingest.query_graph import MAX_PARAMETERS, QueryGraph
 from ingest.query_graph import build as build_query_graph
 from stores.errors import ModelUnavailable
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -232,7 +235,12 @@ class SentenceTransformerEmbedder:
         self._queries += len(texts)
         graph = self._query_graph(build=self._queries > self.trace_after_queries)
         if graph is not None and graph.fits(features):
-            return graph(features)
+            try:
+                return graph(features)
+            except Exception as exc:  # checked when built, so not expected: eager from now
+                log.warning("the traced query graph failed (%s: %s): queries use the eager "
+                            "pass from now on", type(exc).__name__, exc)
+                self._graph = False
         return self._forward(features)
 
     def _query_graph(self, build: bool = True) -> QueryGraph | None:

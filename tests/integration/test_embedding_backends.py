@@ -402,6 +402,26 @@ def test_the_chunker_counts_minilm_tokens_from_one_call_per_document(real_embedd
             == [chunker.split(d) for d in docs])
 
 
+def test_a_graph_failing_on_a_query_hands_it_to_the_eager_pass(real_embedder) -> None:
+    """A graph that passed its check but fails later (simulated: its module raises) costs no
+    query: that one and the next take the eager pass."""
+    embedder = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu"))
+    try:
+        embedder.prepare_queries()
+        graph = embedder._graph
+        assert isinstance(graph, QueryGraph)
+
+        def broken(*arrays: Any) -> Any:
+            raise RuntimeError("simulated failure in the traced graph")
+
+        graph.module = broken
+        vectors = [embedder.embed_query(t) for t in TEXTS[:2]]
+        assert embedder._graph is False
+    finally:
+        embedder.close()
+    assert np.allclose(np.stack(vectors), real_embedder.embed_documents(TEXTS[:2]), atol=1e-5)
+
+
 def test_the_api_server_builds_the_query_graph_when_it_starts(tmp_path: Path) -> None:
     """The server's warm-up loads the model and builds the graph, so its first question
     pays for neither."""
