@@ -234,9 +234,10 @@ class SentenceTransformerEmbedder:
         features = self._prepare(texts)
         self._queries += len(texts)
         graph = self._query_graph(build=self._queries > self.trace_after_queries)
-        if graph is not None and graph.fits(features):
+        if graph is not None:
             try:
-                return graph(features)
+                if graph.fits(features):
+                    return graph(features)
             except Exception as exc:  # checked when built, so not expected: eager from now
                 log.warning("the traced query graph failed (%s: %s): queries use the eager "
                             "pass from now on", type(exc).__name__, exc)
