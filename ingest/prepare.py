@@ -240,9 +240,9 @@ class PrepareWorker:
         with self._lock:
             left = list(pending)
             pending.clear()
-        for future in left:
-            future.set_exception(RagError(
-                f"the ingestion worker process ended (exit code {code}) before replying"))
+        for future in left:  # the same message as a failed write: which comes first is a race
+            future.set_exception(RagError(f"the ingestion worker process failed: it ended "
+                                          f"(exit code {code}) before replying"))
 
     def close(self) -> None:
         """End the process once it has answered what it was sent."""

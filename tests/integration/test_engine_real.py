@@ -117,22 +117,12 @@ def test_worker_processes_prepare_the_same_chunks_and_keywords(
         tmp_path: Path, real_embedder, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """``prepare_workers``: files parsed, chunked and keyword-tokenized in worker processes
     give what the ingesting thread gives (chunks, token counts, keyword matches, the same
-    failures); a worker killed mid-ingestion fails its files with a message and the next
-    batch starts another; closing the engine ends the processes."""
-    import os
-    import signal
-
+    failures); closing the engine ends the processes."""
     import psutil
 
     from tests.unit.test_pipeline import assert_consistent
 
-    docs = tmp_path / "docs"
-    shutil.copytree(SAMPLES, docs, ignore=shutil.ignore_patterns("*.py"))
-    for i in range(40):
-        (docs / f"note-{i:02}.md").write_text(
-            f"# Note {i}\n\n" + " ".join(f"Sentence {j} of note {i}." for j in range(30 + i)))
-    (docs / "empty.txt").write_text("   ")
-    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    docs = _worker_docs(tmp_path)
     seen = {}
     for workers in (0, 2):
         rag = RAG(make_settings(tmp_path / f"w{workers}", ingest={"prepare_workers": workers}),
@@ -154,9 +144,35 @@ def test_worker_processes_prepare_the_same_chunks_and_keywords(
     assert seen[2] == seen[0]
     assert [name for name, _ in seen[0][0]] == ["broken.pdf", "empty.txt"]
 
-    # A worker that dies: its batch fails with a message, the ingestion goes on.
-    import ingest.prepare
 
+def _worker_docs(tmp_path: Path) -> Path:
+    """The samples, 40 notes, an empty file and a broken PDF: 45 files to add, 2 to fail."""
+    docs = tmp_path / "docs"
+    shutil.copytree(SAMPLES, docs, ignore=shutil.ignore_patterns("*.py"))
+    for i in range(40):
+        (docs / f"note-{i:02}.md").write_text(
+            f"# Note {i}\n\n" + " ".join(f"Sentence {j} of note {i}." for j in range(30 + i)))
+    (docs / "empty.txt").write_text("   ")
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    return docs
+
+
+@pytest.mark.parametrize("replies_first", [False, True])
+def test_a_worker_that_dies_fails_its_files_with_a_message(
+        tmp_path: Path, real_embedder, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+        replies_first: bool) -> None:
+    """A worker process that dies: its batch fails with "the ingestion worker process
+    failed", the ingestion goes on, and the next one adds the lost files. Which side sees
+    the death first is a race: the write of the request, or (``replies_first``, made sure
+    of by a pause) the thread reading the replies; the message is the same."""
+    import os
+    import signal
+    import time
+
+    import ingest.prepare
+    from tests.unit.test_pipeline import assert_consistent
+
+    docs = _worker_docs(tmp_path)
     rag = RAG(make_settings(tmp_path / "killed", ingest={"prepare_workers": 1}),
               embedder=real_embedder)
     real_write = ingest.prepare._write
@@ -169,6 +185,8 @@ def test_worker_processes_prepare_the_same_chunks_and_keywords(
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             killed.append(proc.pid)
+            if replies_first:
+                time.sleep(0.5)  # the reply thread meets the end of the output meanwhile
         real_write(stream, value)
 
     monkeypatch.setattr(ingest.prepare, "_write", die_first)
