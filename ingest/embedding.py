@@ -17,7 +17,7 @@ import numpy as np
 from ingest.config import EmbeddingConfig
 from ingest.heap import freeze_loaded
 from ingest.model_thread import ModelThread
-from ingest.query_graph import MAX_PARAMETERS, QueryGraph
+from ingest.query_graph import BFLOAT16_TOLERANCE, MAX_PARAMETERS, TOLERANCE, QueryGraph
 from ingest.query_graph import build as build_query_graph
 from stores.errors import ModelUnavailable
 
@@ -171,8 +171,13 @@ class SentenceTransformerEmbedder:
                     "RAG_EMBEDDING__MODEL to a local sentence-transformers folder when offline"
                 ) from exc
             self._model.eval()
-            if self.config.resolved_precision(self.device) == "float16":
+            precision = self.config.resolved_precision(self.device)
+            if precision == "float16":
                 self._model.half()
+            elif precision == "bfloat16":
+                import torch
+
+                self._model.to(torch.bfloat16)
             freeze_loaded()
 
     @property
@@ -251,10 +256,13 @@ class SentenceTransformerEmbedder:
         if self._graph is None and build:
             model = self.model
             device = self.device or "cpu"
+            precision = self.config.resolved_precision(device)
             eligible = (self.config.trace_queries and device == "cpu"
-                        and self.config.resolved_precision(device) == "float32"
+                        and precision in ("float32", "bfloat16")
                         and sum(p.numel() for p in model.parameters()) <= MAX_PARAMETERS)
-            graph = build_query_graph(model, self._tokenize, self._forward) if eligible else None
+            tolerance = BFLOAT16_TOLERANCE if precision == "bfloat16" else TOLERANCE
+            graph = (build_query_graph(model, self._tokenize, self._forward, tolerance)
+                     if eligible else None)
             self._graph = graph or False
         return self._graph or None
 

@@ -45,9 +45,10 @@ def real_embedder():  # type: ignore[no-untyped-def]
     from ingest.embedding import SentenceTransformerEmbedder
 
     # On CPU in float32 wherever the suite runs: tests compare its vectors with the model's own
-    # encode to 1e-5, which a GPU's float16 does not meet (tests/integration/test_gpu.py
-    # covers the GPU).
-    embedder = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu"))
+    # encode to 1e-5, which neither a GPU's float16 (tests/integration/test_gpu.py covers the
+    # GPU) nor bfloat16, auto's choice on CPUs that compute it, meets (bfloat16 has its own
+    # tests in test_embedding_backends.py).
+    embedder = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu", precision="float32"))
     embedder.warm_up()
     return embedder
 

@@ -29,6 +29,10 @@ TEXTS = [
     "short",
 ]
 
+# Tests that compare vectors with the model's own encode to 1e-5 run it in float32 on CPU
+# (auto picks bfloat16 on CPUs that compute it, which rounds to about 3e-3: tested below).
+FLOAT32: dict[str, Any] = {"device": "cpu", "precision": "float32"}
+
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -48,8 +52,54 @@ def test_torch_backend_equals_sentence_transformers_encode(real_embedder) -> Non
         queries = list(pool.map(real_embedder.embed_query, TEXTS * 4))
     assert np.allclose(np.stack(queries), np.concatenate([reference] * 4), atol=1e-5)
     assert isinstance(real_embedder._graph, QueryGraph)  # the queries took the traced graph
-    assert EmbeddingConfig().resolved_precision("cpu") == "float32"
-    assert EmbeddingConfig().resolved_precision("cuda") == "float16"
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: float16 on a GPU; on CPU bfloat16 where the processor computes it, else
+    float32 (emulated bfloat16 is slower than float32). A precision set is kept."""
+    import torch
+
+    from ingest import config
+
+    native = config.native_bfloat16()
+    assert native == (torch.cpu._is_avx512_bf16_supported()
+                      or torch.cpu._is_amx_tile_supported())
+    for has, on_cpu in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(config, "native_bfloat16", lambda has=has: has)
+        assert EmbeddingConfig().resolved_precision("cpu") == on_cpu
+        assert EmbeddingConfig().resolved_precision("cuda:1") == "float16"
+        assert EmbeddingConfig(precision="float32").resolved_precision("cpu") == "float32"
+        assert EmbeddingConfig(precision="bfloat16").resolved_precision("cpu") == "bfloat16"
+
+
+def test_bfloat16_gives_the_float32_ranking(real_embedder) -> None:
+    """In bfloat16 the model's weights are bfloat16, its vectors come back as unit float32
+    vectors within bfloat16's rounding of the float32 ones, and queries go through a traced
+    graph of the bfloat16 model (built at once, as the API server does), which ranks the
+    documents as float32 does."""
+    import torch
+
+    from ingest.query_graph import BFLOAT16_TOLERANCE
+
+    embedder = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu", precision="bfloat16"))
+    try:
+        docs = embedder.embed_documents(TEXTS)
+        assert {p.dtype for p in embedder.model.parameters()} == {torch.bfloat16}
+        embedder.prepare_queries()
+        assert isinstance(embedder._graph, QueryGraph)
+        queries = np.stack([embedder.embed_query(t) for t in TEXTS])
+        asked = ("When does the observatory open?", "西湖龙井产于哪里？", "How long is a refund?")
+        questions = np.stack([embedder.embed_query(q) for q in asked])
+    finally:
+        embedder.close()
+    reference = real_embedder.embed_documents(TEXTS)
+    assert docs.dtype == np.float32 and np.allclose(np.linalg.norm(docs, axis=1), 1.0, atol=1e-5)
+    assert 1e-5 < float(np.abs(docs - reference).max()) < 1e-2  # bfloat16, and close
+    assert float((docs * reference).sum(axis=1).min()) > 0.999
+    assert np.abs(queries - docs).max() < BFLOAT16_TOLERANCE  # graph against eager
+    assert (questions @ docs.T).argmax(axis=1).tolist() == [0, 1, 2]
+    float32 = np.stack([real_embedder.embed_query(q) for q in asked])
+    assert np.abs(questions @ docs.T - float32 @ reference.T).max() < 1e-2  # the scores
 
 
 @pytest.mark.parametrize(("backend", "floor"), [("onnx", 0.9999), ("onnx-int8", 0.97)])
@@ -99,9 +149,9 @@ def test_the_graph_is_built_after_enough_queries_and_gives_the_same_vectors() ->
     """Queries take the eager pass until more than ``trace_after_queries`` were encoded (a
     command asking one question does not pay for the graph), then the graph; the vectors
     are the same. With ``trace_queries`` off there is never a graph."""
-    embedder = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu"))
+    embedder = SentenceTransformerEmbedder(EmbeddingConfig(**FLOAT32))
     embedder.trace_after_queries = len(TEXTS)
-    off = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu", trace_queries=False))
+    off = SentenceTransformerEmbedder(EmbeddingConfig(**FLOAT32, trace_queries=False))
     try:
         eager = np.stack([embedder.embed_query(t) for t in TEXTS])
         assert embedder._graph is None
@@ -174,7 +224,7 @@ def test_document_batches_group_texts_of_like_token_length() -> None:
     tokens than a longer sentence, and padding each batch to its longest text costs time."""
     from ingest.embedding import SentenceTransformerEmbedder
 
-    embedder = SentenceTransformerEmbedder(EmbeddingConfig(batch_size=2, device="cpu"))
+    embedder = SentenceTransformerEmbedder(EmbeddingConfig(batch_size=2, **FLOAT32))
     codes, hexes = "0x1F9E 7Zq 3.14159 #A7 9f3e 2024-01-05 x9", "4f 8d 9c 2b 7e 1a 3c 5d"
     sentence, short = "We walked home and the house was very quiet then.", "It was a good day."
     texts = [sentence, short, codes, hexes]
@@ -216,7 +266,7 @@ def test_each_text_is_tokenized_once(backend: str, cache: Path) -> None:
     """The batches are made from one tokenizer call over all the texts, which also gives the
     lengths to sort them by; the model's own tokenizer checks the first batch only, and the
     vectors are the model's own (truncated texts included)."""
-    embedder = make_embedder(EmbeddingConfig(backend=backend, batch_size=2, device="cpu"), cache)
+    embedder = make_embedder(EmbeddingConfig(backend=backend, batch_size=2, **FLOAT32), cache)
     texts = [*TEXTS, "a much longer text " * 200, "中文段落" * 300]
     calls = _spy_tokenize(embedder)
     try:
@@ -238,7 +288,7 @@ def test_a_model_whose_inputs_differ_from_the_encodings_is_tokenized_per_batch()
     tokenizer pads on the left), every batch is tokenized by the model, as before."""
     from ingest.embedding import SentenceTransformerEmbedder
 
-    embedder = SentenceTransformerEmbedder(EmbeddingConfig(batch_size=2, device="cpu"))
+    embedder = SentenceTransformerEmbedder(EmbeddingConfig(batch_size=2, **FLOAT32))
     embedder.model.tokenizer.padding_side = "left"
     calls = _spy_tokenize(embedder)
     try:
@@ -259,7 +309,7 @@ def test_a_model_cutting_its_inputs_elsewhere_is_tokenized_per_batch() -> None:
     tokens, set after the encodings' tokenizer was made) gets its own inputs from then on."""
     from ingest.embedding import SentenceTransformerEmbedder
 
-    embedder = SentenceTransformerEmbedder(EmbeddingConfig(batch_size=2, device="cpu"))
+    embedder = SentenceTransformerEmbedder(EmbeddingConfig(batch_size=2, **FLOAT32))
     calls = _spy_tokenize(embedder)
     long_texts = ["a much longer text " * 40, "another long text, " * 40]
     try:
@@ -280,7 +330,7 @@ def test_the_next_batch_is_tokenized_in_the_callers_thread_while_the_model_runs(
     model does not wait for the tokenizer between batches (a GPU idles otherwise)."""
     from ingest.embedding import SentenceTransformerEmbedder
 
-    embedder = SentenceTransformerEmbedder(EmbeddingConfig(batch_size=1, device="cpu"))
+    embedder = SentenceTransformerEmbedder(EmbeddingConfig(batch_size=1, **FLOAT32))
     texts = ["The first text is the longest one of the three here.", "A shorter text.", "Ok."]
     prepare, forward = embedder._prepare, embedder._forward
     prepared: list[str] = []
@@ -405,7 +455,7 @@ def test_the_chunker_counts_minilm_tokens_from_one_call_per_document(real_embedd
 def test_a_graph_failing_on_a_query_hands_it_to_the_eager_pass(real_embedder) -> None:
     """A graph that passed its check but fails later (simulated: its module raises) costs no
     query: that one and the next take the eager pass."""
-    embedder = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu"))
+    embedder = SentenceTransformerEmbedder(EmbeddingConfig(**FLOAT32))
     try:
         embedder.prepare_queries()
         graph = embedder._graph
