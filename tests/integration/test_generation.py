@@ -206,6 +206,24 @@ def test_backend_selection_by_settings(tiny_model: Path) -> None:
         make_generator(GeneratorConfig(backend="openai"), tiny_model.parent)
 
 
+def test_dtype_auto_is_bfloat16_on_a_cpu_that_computes_it(
+        tiny: TransformersGenerator, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: bf16 on a CPU that computes it (faster decoding, the same answers' quality on
+    SQuAD), else fp32; a dtype set is kept. The loaded model is in the chosen dtype."""
+    import torch
+
+    from ingest.config import native_bfloat16
+    from rag.generation import transformers_backend
+
+    assert tiny._model.dtype == (torch.bfloat16 if native_bfloat16() else torch.float32)
+    for has, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(transformers_backend, "native_bfloat16", lambda has=has: has)
+        assert tiny._dtype(torch, "cpu") == dtype
+    pinned = TransformersGenerator(GeneratorConfig(model=str(tiny_model), dtype="float32"),
+                                   tiny_model.parent)
+    assert pinned._dtype(torch, "cpu") == torch.float32
+
+
 # -- the OpenAI-compatible backend against a real server ------------------------------------
 
 @pytest.fixture
