@@ -277,10 +277,14 @@ class KeywordIndex:
             return []
         match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
         limit = k if filter is None else max(k * 10, 100)
+        # The best rows first, by rowid and score alone; their columns after. Sorting every
+        # match with its tokens and metadata took longer: SciFact's 5,183 passages, 300 of
+        # its questions, p50 2.7 ms against 2.3 ms; five copies of them, 11.0 against 10.0.
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, metadata, tokens, bm25(chunks) AS s FROM chunks WHERE chunks MATCH ? "
-                "ORDER BY s LIMIT ?",
+                "SELECT c.id, c.metadata, c.tokens, best.s FROM (SELECT rowid, bm25(chunks) AS s "
+                "FROM chunks WHERE chunks MATCH ? ORDER BY s LIMIT ?) AS best "
+                "JOIN chunks AS c ON c.rowid = best.rowid ORDER BY best.s",
                 (match, limit),
             ).fetchall()
         hits: list[KeywordHit] = []
