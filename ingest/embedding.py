@@ -17,7 +17,7 @@ import numpy as np
 from ingest.config import EmbeddingConfig
 from ingest.heap import freeze_loaded
 from ingest.model_thread import ModelThread
-from ingest.query_graph import BFLOAT16_TOLERANCE, MAX_PARAMETERS, TOLERANCE, QueryGraph
+from ingest.query_graph import MAX_PARAMETERS, TOLERANCES, QueryGraph
 from ingest.query_graph import build as build_query_graph
 from stores.errors import ModelUnavailable
 
@@ -172,12 +172,10 @@ class SentenceTransformerEmbedder:
                 ) from exc
             self._model.eval()
             precision = self.config.resolved_precision(self.device)
-            if precision == "float16":
-                self._model.half()
-            elif precision == "bfloat16":
+            if precision != "float32":
                 import torch
 
-                self._model.to(torch.bfloat16)
+                self._model.to(getattr(torch, precision))
             freeze_loaded()
 
     @property
@@ -256,13 +254,11 @@ class SentenceTransformerEmbedder:
         if self._graph is None and build:
             model = self.model
             device = self.device or "cpu"
-            precision = self.config.resolved_precision(device)
-            eligible = (self.config.trace_queries and device == "cpu"
-                        and precision in ("float32", "bfloat16")
-                        and sum(p.numel() for p in model.parameters()) <= MAX_PARAMETERS)
-            tolerance = BFLOAT16_TOLERANCE if precision == "bfloat16" else TOLERANCE
-            graph = (build_query_graph(model, self._tokenize, self._forward, tolerance)
-                     if eligible else None)
+            tolerance = TOLERANCES.get(self.config.resolved_precision(device))
+            graph = None
+            if (tolerance is not None and self.config.trace_queries and device == "cpu"
+                    and sum(p.numel() for p in model.parameters()) <= MAX_PARAMETERS):
+                graph = build_query_graph(model, self._tokenize, self._forward, tolerance)
             self._graph = graph or False
         return self._graph or None
 

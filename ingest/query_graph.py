@@ -48,6 +48,8 @@ TOLERANCE = 1e-4  # largest difference from the eager pass, on unit vectors, in 
 # differs by far more: MiniLM without its attention mask, on the padded batch of
 # CHECK_BATCHES, by 0.33-0.54 (0.33 in float32 too).
 BFLOAT16_TOLERANCE = 1e-2
+# The precisions a graph is built for, each with its tolerance (float16 is GPU-only: eager).
+TOLERANCES = {"float32": TOLERANCE, "bfloat16": BFLOAT16_TOLERANCE}
 
 TRACE_TEXTS = ["when does it open?",
                "how many days does a refund take to reach the account after the parcel arrives?"]
