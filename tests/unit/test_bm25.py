@@ -1,0 +1,152 @@
+"""BM25 in memory: FTS5's scores and order, kept up to date with writes from this process
+and from others, and row ids that are never given twice."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from stores.bm25 import Postings, terms_of
+from stores.keyword import KeywordIndex, tokenize
+
+WORDS = [f"w{i}" for i in range(400)] + ["café", "naïve", "max_tokens", "hôtel", "cafe",
+                                         "退款", "申请", "订单", "发票", "时间"]
+
+
+def corpus(n: int, seed: int = 7) -> list[tuple[str, str, dict[str, str]]]:
+    """Rows of Zipf-distributed words (a few common, many rare), some accented, some joined
+    by ``_``, some Chinese, each row its own document."""
+    rng = random.Random(seed)
+    weights = [1.0 / (i + 1) for i in range(len(WORDS))]
+    rows = []
+    for i in range(n):
+        words = rng.choices(WORDS, weights, k=rng.randint(3, 60))
+        rows.append((f"c{i}", " ".join(words), {"document_id": f"d{i}"}))
+    return rows
+
+
+def queries(n: int, seed: int = 11) -> list[str]:
+    """Not ``max_tokens``: FTS5 searches it as a phrase, ``max`` then ``tokens``, where the
+    in-memory index takes them as two terms (``test_accents_and_underscores...``)."""
+    rng = random.Random(seed)
+    special = [w for w in WORDS[400:] if "_" not in w]
+    return [" ".join(rng.sample(WORDS[:120], rng.randint(1, 6)) + rng.sample(special, 1))
+            for _ in range(n)]
+
+
+def fts5(index: KeywordIndex, query: str, k: int) -> list[tuple[str, float]]:
+    """The same search by SQLite FTS5's own ``bm25()``: the reference."""
+    terms = list(dict.fromkeys(tokenize(query)))
+    match = " OR ".join('"' + t + '"' for t in terms)
+    rows = index._db.execute("SELECT id, bm25(chunks) AS s FROM chunks WHERE chunks MATCH ? "
+                             "ORDER BY s, rowid LIMIT ?", (match, k)).fetchall()
+    return [(cid, -score) for cid, score in rows]
+
+
+def same_ranking(ours: list[tuple[str, float]], reference: list[tuple[str, float]]) -> None:
+    assert [round(s, 6) for _, s in ours] == pytest.approx(
+        [round(s, 6) for _, s in reference], rel=1e-6)
+    # equal scores may come in another order; each id's score is the reference's
+    scores = dict(reference)
+    for cid, score in ours:
+        if cid in scores:
+            assert score == pytest.approx(scores[cid], rel=1e-6)
+
+
+def search(index: KeywordIndex, query: str, k: int) -> list[tuple[str, float]]:
+    return [(h.id, h.score) for h in index.search(query, k)]
+
+
+def test_scores_and_order_are_fts5s(tmp_path: Path) -> None:
+    index = KeywordIndex(tmp_path / "kw.sqlite")
+    index.upsert(corpus(1500))
+    for q in queries(60):
+        same_ranking(search(index, q, 20), fts5(index, q, 20))
+    index.close()
+
+
+def test_accents_and_underscores_are_read_as_fts5_reads_them() -> None:
+    assert terms_of("café max_tokens 退款") == ["cafe", "max", "tokens", "退款"]
+    assert terms_of("naïv hôtel") == ["naiv", "hotel"]
+    postings = Postings()
+    postings.add([(1, "café au lait"), (2, "cafe noir"), (3, "max_tokens limit")])
+    assert {rid for rid, _, _ in postings.top(terms_of("cafe"), 5)} == {1, 2}
+    assert [rid for rid, _, _ in postings.top(terms_of("token"), 5)] == []
+    assert [(rid, held) for rid, _, held in postings.top(terms_of("tokens max"), 5)] == [(3, 2)]
+
+
+def test_writes_here_are_searched_at_once(tmp_path: Path) -> None:
+    rows = corpus(800)
+    index = KeywordIndex(tmp_path / "kw.sqlite")
+    index.upsert(rows[:500])
+    q = queries(20)
+    for query in q:  # the rows are read into memory
+        same_ranking(search(index, query, 10), fts5(index, query, 10))
+    index.upsert(rows[500:])  # added
+    replaced = [(cid, "w399 w398 " + text, meta) for cid, text, meta in rows[:50]]
+    index.upsert(replaced)
+    index.delete([cid for cid, _, _ in rows[100:160]])
+    index.delete_document("d300")
+    for query in [*q, "w399 w398", "w0"]:
+        same_ranking(search(index, query, 10), fts5(index, query, 10))
+    # brought up to date, not read again: 50 replaced and 61 removed rows are dead
+    assert index._memory is not None and index._memory.live == 800 - 60 - 1
+    assert index._memory.dead == 50 + 61
+    assert {h.id for h in index.search("w399 w398", 60)} >= {cid for cid, _, _ in rows[:50]}
+    index.drop()
+    assert index.search("w0", 5) == []
+    index.close()
+
+
+def test_writes_from_another_connection_are_searched_at_once(tmp_path: Path) -> None:
+    """Another process (or another ``KeywordIndex`` on the file) writes: this one sees it."""
+    path = tmp_path / "kw.sqlite"
+    reader, writer = KeywordIndex(path), KeywordIndex(path)
+    writer.upsert([("a", "red apples", {"document_id": "d1"}),
+                   ("b", "green pears", {"document_id": "d2"})])
+    assert [h.id for h in reader.search("pears", 5)] == ["b"]
+    # the last row removed, and another written: its row id must not be b's again
+    writer.delete_document("d2")
+    writer.upsert([("c", "yellow bananas", {"document_id": "d3"})])
+    assert reader.search("pears", 5) == []
+    assert [h.id for h in reader.search("bananas", 5)] == ["c"]
+    writer.upsert([("a", "blue berries", {"document_id": "d1"})])
+    assert reader.search("apples", 5) == [] and [h.id for h in reader.search("berry", 5)] == ["a"]
+    rows = corpus(300)
+    writer.upsert(rows)
+    for query in queries(10):
+        same_ranking(search(reader, query, 10), fts5(reader, query, 10))
+    reader.close()
+    writer.close()
+
+
+def test_row_ids_are_never_given_twice(tmp_path: Path) -> None:
+    path = tmp_path / "kw.sqlite"
+    index = KeywordIndex(path)
+    index.upsert([("a", "one", {"document_id": "d1"}), ("b", "two", {"document_id": "d2"})])
+    index.delete_document("d2")
+    index.upsert([("b", "three", {"document_id": "d2"})])
+    index.upsert([("b", "four", {"document_id": "d2"})])  # replaces the row it just wrote
+    index.drop()
+    index.upsert([("z", "five", {"document_id": "d9"})])
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT rowid FROM chunks").fetchall() == [(5,)]
+    db.close()
+    index.close()
+
+
+def test_mostly_removed_rows_are_read_again(tmp_path: Path) -> None:
+    index = KeywordIndex(tmp_path / "kw.sqlite")
+    rows = corpus(3000)
+    index.upsert(rows)
+    index.search("w1", 5)
+    first = index._memory
+    index.delete([cid for cid, _, _ in rows[:2500]])
+    for query in queries(10):
+        same_ranking(search(index, query, 10), fts5(index, query, 10))
+    assert index._memory is not first and index._memory is not None
+    assert index._memory.dead == 0 and index._memory.live == 500
+    index.close()
