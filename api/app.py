@@ -63,8 +63,9 @@ def _error(status: int, kind: str, message: str) -> JSONResponse:
 
 
 def _warm_up(engine: RAG) -> None:
-    """Load the embedding model, and build what its queries go through (on CPU, a traced
-    graph of the model), so that the first question waits for neither."""
+    """Load the embedding model, build what its queries go through (on CPU, a traced graph
+    of the model), and read each knowledge base's keyword index into memory, so that the
+    first question waits for none of them."""
     warm_up = getattr(engine.embedder, "warm_up", None)
     if warm_up is not None:
         try:
@@ -72,6 +73,11 @@ def _warm_up(engine: RAG) -> None:
             getattr(engine.embedder, "prepare_queries", lambda: None)()
         except RagError as exc:
             log.warning("embedding model not loaded at start: %s", exc.message)
+    try:
+        for kb in engine.list_kbs():
+            engine.indexes(kb).keywords.warm()
+    except RagError as exc:
+        log.warning("keyword indexes not read at start: %s", exc.message)
 
 
 def create_app(settings: Settings | None = None, rag: RAG | None = None) -> FastAPI:

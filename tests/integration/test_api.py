@@ -328,3 +328,21 @@ def test_serve_refuses_an_open_non_loopback_host(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("RAG_SERVER__API_KEYS", raising=False)
     r = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--port", "9"])
     assert r.exit_code == 2 and "refusing to serve 0.0.0.0 without API keys" in r.stderr
+
+
+def test_the_server_reads_the_keyword_indexes_when_it_starts(tmp_path: Path) -> None:
+    """After a restart, the first question does not wait for BM25's rows to be read."""
+    rag = _engine(tmp_path)
+    rag.ingest([SAMPLES / "observatory-guide.md"], kb="kb")
+    rag.close()
+    rag = _engine(tmp_path)
+    with TestClient(create_app(rag=rag)) as c:
+        keywords = rag.indexes(rag.get_kb("kb")).keywords
+        for _ in range(200):
+            if keywords._memory is not None:
+                break
+            time.sleep(0.05)
+        assert keywords._memory is not None and keywords._memory.live > 0
+        r = c.post("/v1/knowledge-bases/kb/search", json={"query": QUESTION, "mode": "keyword"})
+        assert "observatory" in r.json()["passages"][0]["document_name"]
+    rag.close()
