@@ -74,10 +74,15 @@ def _warm_up(engine: RAG) -> None:
         except RagError as exc:
             log.warning("embedding model not loaded at start: %s", exc.message)
     try:
-        for kb in engine.list_kbs():
-            engine.indexes(kb).keywords.warm()
+        kbs = engine.list_kbs()
     except RagError as exc:
         log.warning("keyword indexes not read at start: %s", exc.message)
+        return
+    for kb in kbs:  # one at a time: a store that cannot be opened now skips its own only
+        try:
+            engine.indexes(kb).keywords.warm()
+        except Exception as exc:  # reported again, to the caller, by the first search
+            log.warning("keyword index of %r not read at start: %s", kb.name, exc)
 
 
 def create_app(settings: Settings | None = None, rag: RAG | None = None) -> FastAPI:

@@ -306,7 +306,10 @@ class KeywordIndex:
         columns = json.loads(found)
         hits: list[KeywordHit] = []
         for rid, score, held in best:
-            cid, meta_json = columns[str(rid)]
+            entry = columns.get(str(rid))
+            if entry is None:  # removed by another process since the ranking
+                continue
+            cid, meta_json = entry
             hit = KeywordHit(cid, score, held / len(terms), meta_json)
             if filter is not None and not matches(filter, hit.metadata):
                 continue

@@ -20,6 +20,7 @@ from ingest.catalog import JOB_QUEUED, JOB_RUNNING
 from rag.engine import RAG
 from tests.conftest import SAMPLES, make_settings
 from tests.helpers import ExtractiveGenerator, HashEmbedder
+from tests.servers import free_port
 
 QUESTION = "How much is an adult ticket at the observatory?"
 
@@ -331,9 +332,12 @@ def test_serve_refuses_an_open_non_loopback_host(monkeypatch: pytest.MonkeyPatch
 
 
 def test_the_server_reads_the_keyword_indexes_when_it_starts(tmp_path: Path) -> None:
-    """After a restart, the first question does not wait for BM25's rows to be read."""
+    """After a restart, the first question does not wait for BM25's rows to be read; a
+    knowledge base whose store cannot be reached (read first, by name) skips only itself."""
     rag = _engine(tmp_path)
     rag.ingest([SAMPLES / "observatory-guide.md"], kb="kb")
+    rag.create_kb("down", store_url=f"chroma+http://127.0.0.1:{free_port()}"
+                                    "?collection=xyz&timeout=3")
     rag.close()
     rag = _engine(tmp_path)
     with TestClient(create_app(rag=rag)) as c:

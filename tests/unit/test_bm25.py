@@ -164,3 +164,25 @@ def test_many_small_writes_keep_few_segments() -> None:
     for query in queries(20):
         terms = list(dict.fromkeys(terms_of(" ".join(tokenize(query)))))
         assert small.top(terms, 10) == whole.top(terms, 10)
+
+
+def test_a_row_removed_between_ranking_and_reading_is_left_out(tmp_path: Path) -> None:
+    """Another process deletes a document after the ranking in memory was brought up to date
+    and before the hits' columns are read: the hit is dropped, not an error."""
+    path = tmp_path / "kw.sqlite"
+    index, other = KeywordIndex(path), KeywordIndex(path)
+    index.upsert([("a", "red apples", {"document_id": "d1"}),
+                  ("b", "red cherries", {"document_id": "d2"})])
+    ranked = index._postings
+
+    def ranked_then_removed() -> Postings:
+        postings = ranked()
+        other.delete_document("d2")
+        return postings
+
+    index._postings = ranked_then_removed  # type: ignore[method-assign]
+    assert [h.id for h in index.search("red", 5)] == ["a"]
+    index._postings = ranked  # type: ignore[method-assign]
+    assert [h.id for h in index.search("red cherries", 5)] == ["a"]
+    index.close()
+    other.close()
