@@ -7,8 +7,8 @@ import random
 import sqlite3
 from pathlib import Path
 
-import pytest
-
+from bench.keyword import fts5_search
+from bench.keyword import same_ranking as bench_ranking
 from stores.bm25 import Postings, terms_of
 from stores.keyword import KeywordIndex, tokenize
 
@@ -37,34 +37,16 @@ def queries(n: int, seed: int = 11) -> list[str]:
             for _ in range(n)]
 
 
-def fts5(index: KeywordIndex, query: str, k: int) -> list[tuple[str, float]]:
-    """The same search by SQLite FTS5's own ``bm25()``: the reference."""
-    terms = list(dict.fromkeys(tokenize(query)))
-    match = " OR ".join('"' + t + '"' for t in terms)
-    rows = index._db.execute("SELECT id, bm25(chunks) AS s FROM chunks WHERE chunks MATCH ? "
-                             "ORDER BY s, rowid LIMIT ?", (match, k)).fetchall()
-    return [(cid, -score) for cid, score in rows]
-
-
-def same_ranking(ours: list[tuple[str, float]], reference: list[tuple[str, float]]) -> None:
-    assert [round(s, 6) for _, s in ours] == pytest.approx(
-        [round(s, 6) for _, s in reference], rel=1e-6)
-    # equal scores may come in another order; each id's score is the reference's
-    scores = dict(reference)
-    for cid, score in ours:
-        if cid in scores:
-            assert score == pytest.approx(scores[cid], rel=1e-6)
-
-
-def search(index: KeywordIndex, query: str, k: int) -> list[tuple[str, float]]:
-    return [(h.id, h.score) for h in index.search(query, k)]
+def same_ranking(index: KeywordIndex, query: str, k: int) -> None:
+    """Our search ranks as FTS5's own ``bm25()`` over the same file, the reference."""
+    assert bench_ranking(index.search(query, k), fts5_search(index, query, k)), query
 
 
 def test_scores_and_order_are_fts5s(tmp_path: Path) -> None:
     index = KeywordIndex(tmp_path / "kw.sqlite")
     index.upsert(corpus(1500))
     for q in queries(60):
-        same_ranking(search(index, q, 20), fts5(index, q, 20))
+        same_ranking(index, q, 20)
     index.close()
 
 
@@ -84,14 +66,14 @@ def test_writes_here_are_searched_at_once(tmp_path: Path) -> None:
     index.upsert(rows[:500])
     q = queries(20)
     for query in q:  # the rows are read into memory
-        same_ranking(search(index, query, 10), fts5(index, query, 10))
+        same_ranking(index, query, 10)
     index.upsert(rows[500:])  # added
     replaced = [(cid, "w399 w398 " + text, meta) for cid, text, meta in rows[:50]]
     index.upsert(replaced)
     index.delete([cid for cid, _, _ in rows[100:160]])
     index.delete_document("d300")
     for query in [*q, "w399 w398", "w0"]:
-        same_ranking(search(index, query, 10), fts5(index, query, 10))
+        same_ranking(index, query, 10)
     # brought up to date, not read again: 50 replaced and 61 removed rows are dead
     assert index._memory is not None and index._memory.live == 800 - 60 - 1
     assert index._memory.dead == 50 + 61
@@ -118,7 +100,7 @@ def test_writes_from_another_connection_are_searched_at_once(tmp_path: Path) -> 
     rows = corpus(300)
     writer.upsert(rows)
     for query in queries(10):
-        same_ranking(search(reader, query, 10), fts5(reader, query, 10))
+        same_ranking(reader, query, 10)
     reader.close()
     writer.close()
 
@@ -146,7 +128,7 @@ def test_mostly_removed_rows_are_read_again(tmp_path: Path) -> None:
     first = index._memory
     index.delete([cid for cid, _, _ in rows[:2500]])
     for query in queries(10):
-        same_ranking(search(index, query, 10), fts5(index, query, 10))
+        same_ranking(index, query, 10)
     assert index._memory is not first and index._memory is not None
     assert index._memory.dead == 0 and index._memory.live == 500
     index.close()
