@@ -11,9 +11,10 @@ questions, one at a time, the top 30:
   the query terms, over the same file.
 
 Reported: p50 / p99 of each and their ratio, whether both rank alike (the same scores, the
-same ids above the last one), the first search's time (it reads the rows into memory), and
-the memory that takes (traced in a second, separate read). Writes
-``bench/results/keyword.json`` and ``keyword.png``.
+same ids above the last one), the first search's time (it reads the rows into memory), the
+memory that takes (traced in a separate read), and the snapshot of those arrays: the time to
+write it, its size, and the time a new ``KeywordIndex`` takes to open and read it instead of
+the rows. Writes ``bench/results/keyword.json`` and ``keyword.png``.
 """
 
 from __future__ import annotations
@@ -87,9 +88,15 @@ def run(name: str, copies: int, questions: int, work: Path) -> dict[str, Any]:
         index.upsert(items[i : i + 2000])
     write_s = time.perf_counter() - start
     asked = [q.question for q in dataset.sample(questions)]
+    index.SNAPSHOT_AFTER_S = float("inf")  # the read alone; the snapshot after, timed apart
     start = time.perf_counter()
     index.warm()
     load_s = time.perf_counter() - start
+    start = time.perf_counter()
+    with index._lock:
+        assert index._memory is not None
+        index._write_snapshot(index._memory)
+    snapshot_write_s = time.perf_counter() - start
     ours_s, fts5_s, agree = [], [], 0
     for q in asked:  # side by side, question by question
         t0 = time.perf_counter()
@@ -102,6 +109,13 @@ def run(name: str, copies: int, questions: int, work: Path) -> dict[str, Any]:
         agree += same_ranking(mine, theirs)
     rows = index.count()
     index.close()
+    snapshot_mb = index.snapshot.stat().st_size / 2**20
+    start = time.perf_counter()
+    reopened = KeywordIndex(path)  # what a later process does: the snapshot, not the rows
+    reopened.warm()
+    snapshot_read_s = time.perf_counter() - start
+    reopened.close()
+    index.snapshot.unlink()
     tracemalloc.start()
     again = KeywordIndex(path)
     before = tracemalloc.get_traced_memory()[0]
@@ -112,6 +126,8 @@ def run(name: str, copies: int, questions: int, work: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"dataset": name, "copies": copies, "rows": rows, "questions": len(asked),
            "write_s": round(write_s, 2), "first_read_s": round(load_s, 3),
            "memory_mb": round(memory / 2**20, 1),
+           "snapshot_write_s": round(snapshot_write_s, 3), "snapshot_mb": round(snapshot_mb, 1),
+           "snapshot_read_s": round(snapshot_read_s, 3),
            "ours_p50_ms": pct(ours_s, 0.5), "ours_p99_ms": pct(ours_s, 0.99),
            "fts5_p50_ms": pct(fts5_s, 0.5), "fts5_p99_ms": pct(fts5_s, 0.99),
            "same_ranking": f"{agree}/{len(asked)}"}

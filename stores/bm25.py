@@ -8,10 +8,11 @@ the scored rows to those that can reach the top (the rare terms' rows, by each t
 largest possible share of a score) gave the same ids in 8.2 ms: FTS5 decodes every matching
 row's positions either way. Here each term's rows and counts are arrays, and a query is a few
 array operations over its terms' rows. ``python -m bench.keyword``, 300 questions, side by
-side: p50 0.84 ms against FTS5's 10.5 ms over the 25,915 rows, 0.48 against 2.56 over
-SciFact's 5,183, 0.58 against 2.16 over CMRC's 848, 0.22 against 0.37 over SQuAD's 1,204;
-the same ranking for every question. Reading the 25,915 rows into memory took 1.0 s and
-25 MB (SciFact: 0.2 s, 7.7 MB).
+side: p50 0.84-1.11 ms against FTS5's 10.5-10.6 ms over the 25,915 rows (three runs), 0.52
+against 2.59 over SciFact's 5,183, 0.63 against 2.21 over CMRC's 848, 0.24 against 0.38
+over SQuAD's 1,204; the same ranking for every question. Reading the 25,915 rows into memory
+took 1.0-1.2 s and 25 MB (SciFact: 0.23 s, 7.7 MB); their snapshot (``arrays``), 19 MB,
+is read back in 0.04 s.
 
 The terms, the formula (k1 = 1.2, b = 0.75, idf = ln((N - n + 0.5) / (n + 0.5)), at least
 1e-6) and so the scores are FTS5's, to rounding, but for a query token that FTS5 splits
@@ -158,6 +159,46 @@ class Postings:
     @property
     def segments(self) -> int:
         return len(self._segments)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The live rows as plain arrays, for ``from_arrays`` (dead rows left out)."""
+        self.merge()
+        live = np.flatnonzero(self._alive[: self._size])
+        renumbered = np.full(max(self._size, 1), -1, dtype=np.int64)
+        renumbered[live] = np.arange(len(live))
+        if self._segments:
+            terms, slots, counts = self._segments[0].postings()
+            keep = self._alive[slots]
+            terms, slots, counts = terms[keep], renumbered[slots[keep]], counts[keep]
+        else:
+            terms = slots = np.zeros(0, dtype=np.int32)
+            counts = np.zeros(0, dtype=np.float32)
+        words = sorted(self._vocabulary, key=self._vocabulary.__getitem__)
+        held, runs = np.unique(terms, return_counts=True)  # terms are sorted: runs of each
+        return {"ids": self._ids[live], "lengths": self._lengths[live],
+                "terms": held.astype(np.int32), "runs": runs.astype(np.int64),
+                "slots": slots.astype(np.int32),
+                "counts": counts.astype(np.float32),
+                # terms hold no whitespace: they are split at it
+                "vocabulary": np.frombuffer("\n".join(words).encode(), dtype=np.uint8)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Postings:
+        postings = cls()
+        ids = arrays["ids"].astype(np.int64)
+        n = len(ids)
+        postings._grow(n)
+        postings._ids[:n], postings._lengths[:n], postings._alive[:n] = ids, arrays["lengths"], True
+        postings._size = postings.live = n
+        postings._slot_of = dict(zip(ids.tolist(), range(n), strict=True))
+        postings._tokens = int(arrays["lengths"].sum())
+        text = arrays["vocabulary"].tobytes().decode()
+        words = text.split("\n") if text else []
+        postings._vocabulary = dict(zip(words, range(len(words)), strict=True))
+        if len(arrays["terms"]):
+            terms = np.repeat(arrays["terms"], arrays["runs"])
+            postings._segments = [_Segment(terms, arrays["slots"], arrays["counts"])]
+        return postings
 
     def remove(self, ids: Iterable[int]) -> None:
         for rid in ids:

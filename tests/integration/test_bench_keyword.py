@@ -16,3 +16,4 @@ def test_the_in_memory_ranking_is_fts5s_on_scifact(tmp_path: Path) -> None:
     assert row["rows"] == 5183 and row["questions"] == 40
     assert row["same_ranking"] == "40/40"
     assert row["memory_mb"] > 0 and row["ours_p50_ms"] > 0 and row["fts5_p50_ms"] > 0
+    assert row["snapshot_mb"] > 0 and row["snapshot_read_s"] > 0

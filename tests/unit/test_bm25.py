@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import random
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
+
+import pytest
 
 from bench.keyword import fts5_search
 from bench.keyword import same_ranking as bench_ranking
@@ -168,3 +171,70 @@ def test_a_row_removed_between_ranking_and_reading_is_left_out(tmp_path: Path) -
     assert [h.id for h in index.search("red cherries", 5)] == ["a"]
     index.close()
     other.close()
+
+
+def _reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many rows each ``Postings.add`` is given, from now on."""
+    counts: list[int] = []
+    add = Postings.add
+
+    def counted(self: Postings, rows: Iterable[tuple[int, str]]) -> None:
+        rows = list(rows)
+        counts.append(len(rows))
+        add(self, rows)
+
+    monkeypatch.setattr(Postings, "add", counted)
+    return counts
+
+
+def test_a_snapshot_spares_the_next_process_the_read(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(KeywordIndex, "SNAPSHOT_AFTER_S", 0.0)  # any read writes one
+    path = tmp_path / "kw.sqlite"
+    rows = corpus(900)
+    first = KeywordIndex(path)
+    first.upsert(rows[:600])
+    first.warm()
+    assert first.snapshot.exists()
+    first.upsert(rows[600:700])  # after the snapshot: this process ...
+    first.delete([cid for cid, _, _ in rows[:40]])
+    first.close()
+    other = KeywordIndex(path)  # ... and another
+    other.upsert(rows[700:])
+    other.delete_document("d650")
+    other.close()
+    reads = _reads(monkeypatch)
+    index = KeywordIndex(path)
+    for query in queries(20):
+        same_ranking(index, query, 10)
+    assert reads == [299]  # the rows added since the snapshot (100 + 200 - 1), not all 859
+    assert index._memory is not None and index._memory.live == 900 - 40 - 1
+    index.drop()
+    assert not index.snapshot.exists() and index.search("w1", 5) == []
+    index.close()
+
+
+def test_a_snapshot_of_another_file_or_a_damaged_one_is_not_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(KeywordIndex, "SNAPSHOT_AFTER_S", 0.0)
+    path = tmp_path / "kw.sqlite"
+    index = KeywordIndex(path)
+    index.upsert([("a", "red apples", {"document_id": "d1"})])
+    index.warm()
+    index.close()
+    kept = path.with_name("kept.npz")
+    kept.write_bytes(index.snapshot.read_bytes())
+    for f in tmp_path.glob("kw.sqlite*"):  # the knowledge base deleted, made again
+        f.unlink()
+    index = KeywordIndex(path)
+    index.upsert([("b", "green pears", {"document_id": "d2"})])
+    index.close()
+    index.snapshot.write_bytes(kept.read_bytes())  # the old file's snapshot, at the path
+    index = KeywordIndex(path)
+    assert index.search("apples", 5) == [] and [h.id for h in index.search("pears", 5)] == ["b"]
+    index.close()
+    index.snapshot.write_bytes(b"not a snapshot")
+    index = KeywordIndex(path)
+    assert [h.id for h in index.search("pears", 5)] == ["b"]  # read from the rows instead
+    index.close()
+    assert KeywordIndex(path).search("green", 5)[0].id == "b"  # from the snapshot written again
