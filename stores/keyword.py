@@ -418,6 +418,11 @@ class KeywordIndex:
             if (str(arrays["file_id"]) != self._file_id
                     or int(arrays["version"]) != TOKENIZER_VERSION):
                 return None
+            (high,) = self._db.execute(
+                "SELECT max((SELECT coalesce(max(top), 0) FROM rid_high), "
+                "(SELECT coalesce(max(rid), 0) FROM chunk_ids))").fetchone()
+            if high < int(arrays["seen"]):  # the file is older: put back from a backup
+                return None
             postings = Postings.from_arrays(arrays)
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
             logger.warning("keyword index %s: snapshot %s not used (%s): reading the rows",

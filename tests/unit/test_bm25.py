@@ -238,3 +238,29 @@ def test_a_snapshot_of_another_file_or_a_damaged_one_is_not_used(
     assert [h.id for h in index.search("pears", 5)] == ["b"]  # read from the rows instead
     index.close()
     assert KeywordIndex(path).search("green", 5)[0].id == "b"  # from the snapshot written again
+
+
+def test_a_snapshot_newer_than_its_file_is_not_used(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file put back from a backup, its snapshot left from after: rows removed since the
+    backup are back in the file, and must be found again."""
+    monkeypatch.setattr(KeywordIndex, "SNAPSHOT_AFTER_S", 0.0)
+    path = tmp_path / "kw.sqlite"
+    rows = corpus(400)
+    index = KeywordIndex(path)
+    index.upsert(rows[:300])
+    index.close()
+    backup = tmp_path / "backup.sqlite"
+    backup.write_bytes(path.read_bytes())
+    index = KeywordIndex(path)
+    index.delete([cid for cid, _, _ in rows[:100]])
+    index.upsert(rows[300:])
+    index.warm()
+    index.close()
+    path.write_bytes(backup.read_bytes())
+    index = KeywordIndex(path)
+    assert index.count() == 300
+    for query in queries(20):
+        same_ranking(index, query, 10)
+    assert index._memory is not None and index._memory.live == 300
+    index.close()
