@@ -410,7 +410,7 @@ class KeywordIndex:
                 arrays = dict(saved)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, EOFError) as exc:
+        except Exception as exc:  # a cache: damaged (truncated, not a zip), it is not used
             logger.warning("keyword index %s: snapshot %s not read (%s): reading the rows",
                            self.path, self.snapshot, exc)
             return None
@@ -424,7 +424,7 @@ class KeywordIndex:
             if high < int(arrays["seen"]):  # the file is older: put back from a backup
                 return None
             postings = Postings.from_arrays(arrays)
-        except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        except (KeyError, ValueError, IndexError, TypeError, UnicodeDecodeError) as exc:
             logger.warning("keyword index %s: snapshot %s not used (%s): reading the rows",
                            self.path, self.snapshot, exc)
             return None
