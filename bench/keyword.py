@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from rag.evaluation import load_dataset
-from stores.keyword import KeywordIndex, tokenize
+from stores.keyword import KeywordIndex
+from stores.tokens import tokenize
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from rag.types import Citation, Passage
-from stores.keyword import has_cjk, tokenize
+from stores.tokens import has_cjk, tokenize
 
 _MARKER = re.compile(r"(\s*)[\[【]\s*(\d{1,3}(?:\s*[,，、]\s*\d{1,3})*)\s*[\]】]")
 _SENTENCE = re.compile(r"[^。！？!?\n]+?(?:[。！？!?]+|(?<=[^\d])\.(?=\s|$)|\n|$)", re.S)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from rag.generation.base import Message
 from rag.types import Passage
-from stores.keyword import has_cjk
+from stores.tokens import has_cjk
 
 # Short on purpose: small models (the packaged 135M default) follow it; longer ones derail them.
 SYSTEM_EN = (

@@ -27,7 +27,7 @@ from rag.settings import RetrievalConfig
 from rag.types import Passage
 from stores.base import Filter
 from stores.errors import InvalidInput
-from stores.keyword import has_cjk
+from stores.tokens import has_cjk
 
 Mode = Literal["dense", "keyword", "hybrid"]
 _MULTILINGUAL_HINTS = ("multilingual", "bge-m3", "-zh", "chinese", "e5", "labse", "paraphrase-x")

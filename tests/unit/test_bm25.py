@@ -13,7 +13,8 @@ import pytest
 from bench.keyword import fts5_search
 from bench.keyword import same_ranking as bench_ranking
 from stores.bm25 import Postings, terms_of
-from stores.keyword import KeywordIndex, tokenize
+from stores.keyword import KeywordIndex
+from stores.tokens import tokenize
 
 WORDS = [f"w{i}" for i in range(400)] + ["café", "naïve", "max_tokens", "hôtel", "cafe",
                                          "退款", "申请", "订单", "发票", "时间"]

@@ -8,7 +8,8 @@ import sqlite3
 from pathlib import Path
 
 from stores.base import Eq
-from stores.keyword import TOKENIZER_VERSION, KeywordIndex, tokenize
+from stores.keyword import KeywordIndex
+from stores.tokens import TOKENIZER_VERSION, tokenize
 
 
 def test_tokens_are_stemmed_english_and_unchanged_chinese() -> None:
