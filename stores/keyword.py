@@ -69,7 +69,7 @@ class KeywordIndex:
         self._seen = 0  # the highest row id in _memory
         # BM25's rows as arrays, written after a long read of the rows and read back in
         # a later process instead (25,915 rows: 0.04 s against 1.2 s)
-        self.snapshot = Path(path).with_name(Path(path).name + ".bm25.npz")
+        self.snapshot = self.path.with_name(self.path.name + ".bm25.npz")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
@@ -82,6 +82,7 @@ class KeywordIndex:
             # The highest row id ever given: ids are not reused, so a search that kept the
             # rows in memory knows an id it has seen still holds the same tokens.
             self._db.execute("CREATE TABLE IF NOT EXISTS rid_high(top INTEGER NOT NULL)")
+            self._db.execute("CREATE TABLE IF NOT EXISTS file_id(id TEXT NOT NULL)")
             self._db.commit()
             self._upgrade()
             self._map_ids()
@@ -154,19 +155,19 @@ class KeywordIndex:
         knowledge base deleted and made again) is not this one's."""
         query = "SELECT id FROM file_id LIMIT 1"
 
-        def create() -> None:
-            self._db.execute("CREATE TABLE IF NOT EXISTS file_id(id TEXT NOT NULL)")
-            if self._db.execute(query).fetchone() is None:
-                self._db.execute("INSERT INTO file_id(id) VALUES (?)", (uuid.uuid4().hex,))
+        def name() -> None:
+            self._db.execute("INSERT INTO file_id(id) VALUES (?)", (uuid.uuid4().hex,))
 
-        def named() -> bool:
-            try:
-                return self._db.execute(query).fetchone() is not None
-            except sqlite3.OperationalError:  # no such table yet
-                return False
-
-        self._migrate(named, create)
+        self._migrate(lambda: self._db.execute(query).fetchone() is not None, name)
         return str(self._db.execute(query).fetchone()[0])
+
+    def _highest_rid(self) -> int:
+        """The highest row id ever given in this file (files from before ``rid_high``: the
+        highest there is)."""
+        return int(self._db.execute(
+            "SELECT max((SELECT coalesce(max(rid), 0) FROM chunk_ids), "
+            "coalesce((SELECT rowid FROM chunks ORDER BY rowid DESC LIMIT 1), 0), "
+            "(SELECT coalesce(max(top), 0) FROM rid_high))").fetchone()[0])
 
     # Rows go in and out with one statement per table over a JSON array, not executemany, and
     # come back as one JSON array, not a row at a time: each row is a step that lets go of the
@@ -211,11 +212,7 @@ class KeywordIndex:
             self._db.execute("BEGIN IMMEDIATE")
             self._remove_rows(self._rows_of(list(latest)))
             self._writes += 1
-            top = self._db.execute(
-                "SELECT max((SELECT coalesce(max(rid), 0) FROM chunk_ids), "
-                "coalesce((SELECT rowid FROM chunks ORDER BY rowid DESC LIMIT 1), 0), "
-                "(SELECT coalesce(max(top), 0) FROM rid_high))"
-            ).fetchone()[0]
+            top = self._highest_rid()
             rows = [(top + n, tokens, cid, meta, doc)
                     for n, (cid, (tokens, meta, doc)) in enumerate(latest.items(), start=1)]
             payload = json.dumps(rows, ensure_ascii=False)
@@ -347,10 +344,7 @@ class KeywordIndex:
             if (str(arrays["file_id"]) != self._file_id
                     or int(arrays["version"]) != TOKENIZER_VERSION):
                 return None
-            (high,) = self._db.execute(
-                "SELECT max((SELECT coalesce(max(top), 0) FROM rid_high), "
-                "(SELECT coalesce(max(rid), 0) FROM chunk_ids))").fetchone()
-            if high < int(arrays["seen"]):  # the file is older: put back from a backup
+            if self._highest_rid() < int(arrays["seen"]):  # older: put back from a backup
                 return None
             postings = Postings.from_arrays(arrays)
         except (KeyError, ValueError, IndexError, TypeError, UnicodeDecodeError) as exc:
