@@ -4,12 +4,16 @@ written by an earlier tokenization."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from stores import tokens
 from stores.base import Eq
 from stores.keyword import KeywordIndex
-from stores.tokens import TOKENIZER_VERSION, tokenize
+from stores.tokens import STOP_WORDS, TOKENIZER_VERSION, stem, tokenize
 
 
 def test_tokens_are_stemmed_english_and_unchanged_chinese() -> None:
@@ -29,6 +33,34 @@ def test_chinese_tokens_are_search_mode_words_and_characters() -> None:
     # Latin letters and digits inside Chinese text: the query and the passage agree
     assert set(tokenize("2.4km")) <= set(tokenize("全程2.4km，建于1958-1965年"))
     assert {"1958", "1965"} <= set(tokenize("全程2.4km，建于1958-1965年"))
+
+
+def _reference_tokens(text: str) -> list[str]:
+    """The tokenization spelled out a word at a time, as ``tokenize`` computed it before
+    its terms were cached."""
+    if tokens.has_cjk(text):
+        pieces = tokens._segmenter()(text, True) + re.findall(
+            r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]", text)
+        words = re.findall(r"\w+", " ".join(pieces).lower())
+    else:
+        words = re.findall(r"\w+", text.lower())
+    return [stem(w) for w in words
+            if w not in STOP_WORDS and not (len(w) == 1 and w.isascii())]
+
+
+@pytest.mark.parametrize("limit", [3, 200_000])
+def test_cached_terms_give_the_tokens_of_a_word_at_a_time(
+        monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    monkeypatch.setattr(tokens, "_TERMS", tokens._Terms())
+    monkeypatch.setattr(tokens._Terms, "limit", limit)
+    texts = ["The Studies of running shoes, ran_fast in 2020: café naïve Ölfeld İstanbul",
+             "如何申请退款？我的订单的状态是什么，2.4km 的 Running 鞋",
+             "小明硕士毕业于中国科学院计算所, a 的 I 是 x_y"]
+    for _ in range(2):  # words met before, and new
+        for text in texts:
+            assert tokenize(text) == _reference_tokens(text)
+    assert len(tokens._TERMS) <= limit
+    assert "的" not in tokenize(texts[1]) and "订单" in tokenize(texts[1])
 
 
 def test_search_matches_other_forms_of_a_word(tmp_path: Path) -> None:
