@@ -373,7 +373,7 @@ class SentenceTransformerEmbedder:
         rust = self._rust_tokenizer()
         if rust is None:
             return None
-        return [list(e.offsets) for e in rust.encode_batch(texts, add_special_tokens=False)]
+        return [e.offsets for e in rust.encode_batch(texts, add_special_tokens=False)]
 
     def tokenizer_json(self) -> str | None:
         """The counter's Rust tokenizer as JSON, for a worker process to count and chunk
