@@ -271,10 +271,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     names = list(results["datasets"])
 
-    def label(name: str, system: str) -> str:
-        """Our default row with the precision it ran in (auto's choice on that machine)."""
+    def label(name: str, system: str, row: dict[str, Any]) -> str:
+        """Our default row with the precision it ran in (auto's choice on that machine); a
+        row kept from an earlier run (another machine, perhaps) says so."""
         precision = results["datasets"][name]["ingest"].get("ours", {}).get("precision")
-        return f"ours ({precision})" if system == "ours" and precision else system
+        text = f"ours ({precision})" if system == "ours" and precision else system
+        return f"{text}\n(earlier run)" if row.get("from_an_earlier_run") else text
 
     fig, axes = plt.subplots(2, len(names), figsize=(5.5 * len(names), 8.4), squeeze=False)
     for ax, name in zip(axes[1], names, strict=True):
@@ -283,11 +285,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
         for system, row in results["datasets"][name]["ingest"].items():
             if not isinstance(row, dict) or "passages_per_s" not in row:
                 continue
-            labels.append(label(name, system))
+            labels.append(label(name, system, row))
             values.append(row["passages_per_s"])
             colors.append("#2f6fec" if system.startswith("ours") else "#9aa4b2")
             if row.get("bare_chunks_per_s"):
-                labels.append(f"bare encode\n({label(name, system)})")
+                labels.append(f"bare encode\n({label(name, system, row)})")
                 values.append(row["passages_per_s"] * row["bare_chunks_per_s"]
                               / row["chunks_per_s"])
                 colors.append("#1d2b44")
@@ -301,7 +303,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             for mode, m in modes.items():
                 if not isinstance(m, dict):  # the from_an_earlier_run marker
                     continue
-                labels.append(f"{label(name, system)}\n{mode}")
+                labels.append(f"{label(name, system, modes)}\n{mode}")
                 values.append(m["ndcg@10"])
         colors = ["#2f6fec" if lab.startswith("ours") else "#9aa4b2" for lab in labels]
         ax.bar(range(len(values)), values, color=colors)
