@@ -48,7 +48,7 @@ class JobRunner:
             sources = {p: UPLOAD_SOURCE + p.name for p in files}
             with self._kb_locks[kb]:  # one writer per knowledge base: same-file uploads queue
                 self.rag.ingest(files, kb=kb, sources=sources, job_id=job_id,
-                                on_file=self._observe)
+                                on_file=self._observe, warm_keywords=True)
         except RagError as exc:
             self.rag.catalog.update_job(job_id, status=JOB_FAILED,
                                         error=("(job)", f"{exc.type}: {exc.message}"))

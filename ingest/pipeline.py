@@ -10,6 +10,7 @@ in one transaction. ``reconcile`` repairs whatever a crash left between those st
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from collections import deque
@@ -37,6 +38,8 @@ from ingest.prepare import Failure, Prepared, PrepareWorker, prepare_files
 from stores.base import Eq, Record, VectorStore
 from stores.errors import DimensionMismatch, InvalidInput, PayloadTooLarge, RagError
 from stores.keyword import KeywordIndex
+
+log = logging.getLogger(__name__)
 
 ADDED, REPLACED, UNCHANGED, FAILED = "added", "replaced", "unchanged", "failed"
 _GROUP_CHUNKS = 1024  # chunks embedded together: length-sorted batches waste less on padding
@@ -203,6 +206,7 @@ class IngestPipeline:
         on_file: Callable[[FileResult], None] | None = None,
         sources: dict[Path, str] | None = None,
         job_id: str | None = None,
+        warm_keywords: bool = False,
     ) -> IngestReport:
         """Ingest files and folders; a bad file is reported and the others go on.
 
@@ -211,6 +215,9 @@ class IngestPipeline:
                 by default a file's source is its resolved absolute path.
             job_id: a job created beforehand (the API returns it before ingestion starts);
                 by default a new one is recorded.
+            warm_keywords: bring the keyword index's rows in memory up to date before the
+                job is done, rather than at the next search (a server: after SciFact's 5,183
+                passages, the first search took 224 ms instead of 0.3 ms).
         """
         check_embedder(kb, self.embedder)
         files = list(expand_paths(paths))
@@ -361,6 +368,11 @@ class IngestPipeline:
                 if pending is not None:  # an unexpected error: let the embedding finish
                     pending[1].cancel()
                     pending[2].cancel()
+        if warm_keywords and report.chunks_written:
+            try:
+                indexes.keywords.warm()
+            except Exception as exc:  # the rows are written; the next search reads them
+                log.warning("keyword index of %r not brought up to date: %s", kb.name, exc)
         self.catalog.update_job(job.id, status=JOB_DONE)
         return report
 

@@ -192,18 +192,20 @@ class RAG:
         on_file: Callable[[FileResult], None] | None = None,
         sources: dict[Path, str] | None = None,
         job_id: str | None = None,
+        warm_keywords: bool = False,
     ) -> IngestReport:
         """Ingest files and folders into a knowledge base, creating it when it does not exist.
 
         ``sources`` names files by a stable source (the API's upload names); ``job_id`` runs
-        the ingestion under a job created beforehand."""
+        the ingestion under a job created beforehand; ``warm_keywords``, for a process that
+        searches next, reads the new keyword rows into memory before the job is done."""
         name = kb or self.settings.default_kb
         try:
             base = self.catalog.get_kb(name)
         except NotFound:
             base = self.create_kb(name)
         return self.pipeline.ingest(base, self.indexes(base), [Path(p) for p in paths], on_file,
-                                    sources, job_id)
+                                    sources, job_id, warm_keywords)
 
     def list_documents(self, kb: str | None = None, status: str | None = None,
                        offset: int = 0, limit: int = 100) -> list[Document]:

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from api import create_app
 from ingest.catalog import JOB_QUEUED, JOB_RUNNING
 from rag.engine import RAG
+from stores.bm25 import Postings
 from tests.conftest import SAMPLES, make_settings
 from tests.helpers import ExtractiveGenerator, HashEmbedder
 from tests.servers import free_port
@@ -349,4 +350,27 @@ def test_the_server_reads_the_keyword_indexes_when_it_starts(tmp_path: Path) -> 
         assert keywords._memory is not None and keywords._memory.live > 0
         r = c.post("/v1/knowledge-bases/kb/search", json={"query": QUESTION, "mode": "keyword"})
         assert "observatory" in r.json()["passages"][0]["document_name"]
+    rag.close()
+
+
+def test_an_upload_is_in_the_keyword_memory_when_its_job_is_done(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first question after an upload does not wait for its keyword rows to be read:
+    the job reads them before it says done."""
+    rag = _engine(tmp_path)
+    with TestClient(create_app(rag=rag)) as c:
+        assert c.post("/v1/knowledge-bases", json={"name": "kb"}).status_code == 201
+        assert _upload(c, "kb", _files("observatory-guide.md"))["status"] == "done"
+        reads: list[int] = []
+        add = Postings.add
+
+        def counted(self: Postings, rows: Any) -> None:
+            rows = list(rows)
+            reads.append(len(rows))
+            add(self, rows)
+
+        monkeypatch.setattr(Postings, "add", counted)
+        r = c.post("/v1/knowledge-bases/kb/search", json={"query": QUESTION, "mode": "keyword"})
+        assert "observatory" in r.json()["passages"][0]["document_name"]
+        assert sum(reads) == 0
     rag.close()
