@@ -83,6 +83,11 @@ class _Terms(dict[str, str]):
 
 
 _TERMS = _Terms()
+# What a Chinese character drops: a stop word, or one that is no word character (the 40
+# unassigned code points of ``_CJK``'s ranges, which the word pattern never matched).
+_DROPPED_CHARS = STOP_WORDS | {
+    chr(c) for lo, hi in ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF))
+    for c in range(lo, hi + 1) if not chr(c).isalnum()}
 
 
 def tokenize(text: str) -> list[str]:
@@ -96,5 +101,5 @@ def tokenize(text: str) -> list[str]:
     # space); the characters need none: each is a word, with no case and no stem.
     words = _WORD.findall(" ".join(_segmenter()(text, True)).lower())
     terms = [t for t in map(_TERMS.__getitem__, words) if t]
-    terms.extend([c for c in _CJK.findall(text) if c not in STOP_WORDS])
+    terms.extend([c for c in _CJK.findall(text) if c not in _DROPPED_CHARS])
     return terms

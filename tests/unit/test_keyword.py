@@ -55,7 +55,8 @@ def test_cached_terms_give_the_tokens_of_a_word_at_a_time(
     monkeypatch.setattr(tokens._Terms, "limit", limit)
     texts = ["The Studies of running shoes, ran_fast in 2020: café naïve Ölfeld İstanbul",
              "如何申请退款？我的订单的状态是什么，2.4km 的 Running 鞋",
-             "小明硕士毕业于中国科学院计算所, a 的 I 是 x_y"]
+             "小明硕士毕业于中国科学院计算所, a 的 I 是 x_y",
+             "中文\ufa6e字 \u9fff"]  # unassigned code points in the Chinese ranges
     for _ in range(2):  # words met before, and new
         for text in texts:
             assert tokenize(text) == _reference_tokens(text)
