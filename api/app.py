@@ -23,6 +23,7 @@ from api.routers import documents, jobs, knowledge_bases, openai_compat, ops, qu
 from ingest.pipeline import ADDED, FAILED, REPLACED, FileResult
 from rag.engine import RAG
 from rag.settings import Settings
+from stores import tokens
 from stores.errors import RagError
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,8 @@ def _error(status: int, kind: str, message: str) -> JSONResponse:
 
 def _warm_up(engine: RAG) -> None:
     """Load the embedding model, build what its queries go through (on CPU, a traced graph
-    of the model), and read each knowledge base's keyword index into memory, so that the
-    first question waits for none of them."""
+    of the model), load the keyword tokenizer's dictionaries, and read each knowledge base's
+    keyword index into memory, so that the first question waits for none of them."""
     warm_up = getattr(engine.embedder, "warm_up", None)
     if warm_up is not None:
         try:
@@ -73,6 +74,7 @@ def _warm_up(engine: RAG) -> None:
             getattr(engine.embedder, "prepare_queries", lambda: None)()
         except RagError as exc:
             log.warning("embedding model not loaded at start: %s", exc.message)
+    tokens.warm_up()
     try:
         kbs = engine.list_kbs()
     except RagError as exc:

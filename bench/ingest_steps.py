@@ -92,6 +92,7 @@ def run(name: str, turns: int, device: str, precision: str) -> dict[str, Any]:
     from rag.engine import RAG
     from rag.evaluation import load_dataset, write_passages
     from rag.settings import Settings
+    from stores import tokens
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -101,6 +102,7 @@ def run(name: str, turns: int, device: str, precision: str) -> dict[str, Any]:
         try:
             rag.embedder.warm_up()  # type: ignore[attr-defined]
             paths = write_passages(load_dataset(DATA / name), work / "docs")
+            tokens.warm_up()  # the segmenter: the warm-up's 50 passages may hold no Chinese
             rag.create_kb("warm-up")
             rag.ingest(paths[:50], kb="warm-up")
             rag.delete_kb("warm-up")

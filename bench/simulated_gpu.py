@@ -50,6 +50,7 @@ def run(name: str, us_per_token: float, turns: int, prepare_workers: int = 0
     from rag.engine import RAG
     from rag.evaluation import load_dataset, write_passages
     from rag.settings import Settings
+    from stores import tokens
 
     real = SentenceTransformerEmbedder._forward
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,6 +64,7 @@ def run(name: str, us_per_token: float, turns: int, prepare_workers: int = 0
             SentenceTransformerEmbedder._forward = _wait_forward(  # type: ignore[method-assign,assignment]
                 us_per_token, embedder.dim)
             paths = write_passages(load_dataset(DATA / name), work / "docs")
+            tokens.warm_up()  # the segmenter: the warm-up's 50 passages may hold no Chinese
             rag.create_kb("warm-up")
             rag.ingest(paths[:50], kb="warm-up")
             rag.delete_kb("warm-up")

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from api import create_app
 from ingest.catalog import JOB_QUEUED, JOB_RUNNING
 from rag.engine import RAG
+from stores import tokens
 from stores.bm25 import Postings
 from tests.conftest import SAMPLES, make_settings
 from tests.helpers import ExtractiveGenerator, HashEmbedder
@@ -333,14 +334,16 @@ def test_serve_refuses_an_open_non_loopback_host(monkeypatch: pytest.MonkeyPatch
 
 
 def test_the_server_reads_the_keyword_indexes_when_it_starts(tmp_path: Path) -> None:
-    """After a restart, the first question does not wait for BM25's rows to be read; a
-    knowledge base whose store cannot be reached (read first, by name) skips only itself."""
+    """After a restart, the first question does not wait for BM25's rows to be read, nor a
+    Chinese one for the segmenter's dictionary; a knowledge base whose store cannot be
+    reached (read first, by name) skips only itself."""
     rag = _engine(tmp_path)
     rag.ingest([SAMPLES / "observatory-guide.md"], kb="kb")
     rag.create_kb("down", store_url=f"chroma+http://127.0.0.1:{free_port()}"
                                     "?collection=xyz&timeout=3")
     rag.close()
     rag = _engine(tmp_path)
+    tokens._segmenter.cache_clear()
     with TestClient(create_app(rag=rag)) as c:
         keywords = rag.indexes(rag.get_kb("kb")).keywords
         for _ in range(200):
@@ -348,6 +351,7 @@ def test_the_server_reads_the_keyword_indexes_when_it_starts(tmp_path: Path) -> 
                 break
             time.sleep(0.05)
         assert keywords._memory is not None and keywords._memory.live > 0
+        assert tokens._segmenter.cache_info().currsize == 1  # for the first Chinese question
         r = c.post("/v1/knowledge-bases/kb/search", json={"query": QUESTION, "mode": "keyword"})
         assert "observatory" in r.json()["passages"][0]["document_name"]
     rag.close()
