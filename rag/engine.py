@@ -183,6 +183,15 @@ class RAG:
                 self.pipeline.reconcile(kb, found)
             return found
 
+    def refresh_keywords(self) -> None:
+        """Bring every opened keyword index's rows in memory up to date with its file: the
+        writes of other processes (a batch ingestion, the CLI), which the next search would
+        otherwise read. One query per index when nothing changed."""
+        with self._lock:
+            opened = [i.keywords for i in self._indexes.values()]
+        for keywords in opened:
+            keywords.refresh()
+
     # -- documents ------------------------------------------------------------------------------
 
     def ingest(

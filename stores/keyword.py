@@ -281,6 +281,13 @@ class KeywordIndex:
         with self._lock:
             self._postings()
 
+    def refresh(self) -> None:
+        """Bring the rows in memory up to date with the file now, if they are in memory
+        (another process wrote: the next search would read its rows); else nothing."""
+        with self._lock:
+            if self._memory is not None:
+                self._postings()
+
     def _postings(self) -> Postings:
         """The rows in memory as they are in the file now (under ``_lock``): read whole
         the first time, then brought up to date, whether this process wrote since or another

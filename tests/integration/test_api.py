@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+import api.app as app_module
 from api import create_app
 from ingest.catalog import JOB_QUEUED, JOB_RUNNING
 from rag.engine import RAG
 from stores import tokens
 from stores.bm25 import Postings
+from stores.keyword import KeywordIndex
 from tests.conftest import SAMPLES, make_settings
 from tests.helpers import ExtractiveGenerator, HashEmbedder
 from tests.servers import free_port
@@ -376,5 +378,39 @@ def test_an_upload_is_in_the_keyword_memory_when_its_job_is_done(
         monkeypatch.setattr(Postings, "add", counted)
         r = c.post("/v1/knowledge-bases/kb/search", json={"query": QUESTION, "mode": "keyword"})
         assert "observatory" in r.json()["passages"][0]["document_name"]
+        assert sum(reads) == 0
+    rag.close()
+
+
+def test_the_server_reads_another_process_s_keyword_rows_before_a_question(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows another process writes (a batch ingestion, the CLI) are read into memory by the
+    server's refresher, not by the first question after them."""
+    monkeypatch.setattr(app_module, "KEYWORD_REFRESH_S", 0.05)
+    rag = _engine(tmp_path)
+    rag.ingest([SAMPLES / "observatory-guide.md"], kb="kb")
+    with TestClient(create_app(rag=rag)):
+        keywords = rag.indexes(rag.get_kb("kb")).keywords
+        keywords.warm()
+        assert keywords._memory is not None
+        before = keywords._memory.live
+        other = KeywordIndex(keywords.path)  # its own connection: another writer's
+        other.upsert([("x1", "The lighthouse keeper feeds the seagulls at noon",
+                       {"document_id": "dx", "document_name": "lighthouse.md"})])
+        other.close()
+        for _ in range(200):
+            if keywords._memory.live == before + 1:
+                break
+            time.sleep(0.05)
+        reads: list[int] = []
+        add = Postings.add
+
+        def counted(self: Postings, rows: Any) -> None:
+            rows = list(rows)
+            reads.append(len(rows))
+            add(self, rows)
+
+        monkeypatch.setattr(Postings, "add", counted)
+        assert [h.id for h in keywords.search("lighthouse seagulls", 5)] == ["x1"]
         assert sum(reads) == 0
     rag.close()
