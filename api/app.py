@@ -20,7 +20,7 @@ from api.deps import get_caller
 from api.jobs import JobRunner
 from api.metrics import Metrics
 from api.routers import documents, jobs, knowledge_bases, openai_compat, ops, query
-from ingest.pipeline import ADDED, FAILED, REPLACED, FileResult
+from ingest.types import ADDED, FAILED, REPLACED, FileResult
 from rag.engine import RAG
 from rag.settings import Settings
 from stores import tokens

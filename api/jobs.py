@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ingest.catalog import JOB_FAILED, JOB_QUEUED, JOB_RUNNING
-from ingest.pipeline import FileResult
+from ingest.types import FileResult
 from rag.engine import RAG
 from stores.errors import RagError
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,65 +34,29 @@ from ingest.config import ChunkingConfig, IngestConfig
 from ingest.embedding import Embedder
 from ingest.loaders import mime_type_for
 from ingest.prepare import Failure, Prepared, PrepareWorker, prepare_files
-from stores.base import Eq, Record, VectorStore
-from stores.errors import DimensionMismatch, InvalidInput, PayloadTooLarge, RagError
-from stores.keyword import KeywordIndex
+from ingest.types import (
+    ADDED,
+    FAILED,
+    REPLACED,
+    UNCHANGED,
+    FileResult,
+    Indexes,
+    IngestReport,
+    check_embedder,
+    chunk_id,
+    document_id,
+    expand_paths,
+)
+from stores.base import Eq, Record
+from stores.errors import InvalidInput, PayloadTooLarge, RagError
 
 log = logging.getLogger(__name__)
 
-ADDED, REPLACED, UNCHANGED, FAILED = "added", "replaced", "unchanged", "failed"
 _GROUP_CHUNKS = 1024  # chunks embedded together: length-sorted batches waste less on padding
 _FIRST_GROUP_CHUNKS = 64  # the first group: the model starts after a few files
 _LAST_GROUP_CHUNKS = 256  # the smallest of the groups that shrink toward the end
 _LOOKAHEAD_FILES = 64  # files parsed ahead, to tokenize their texts in one call for chunking
 _LOOKAHEAD_BYTES = 4_000_000  # ... or fewer, when they are large
-
-
-@dataclass
-class Indexes:
-    """Where one knowledge base's chunks are searchable."""
-
-    vectors: VectorStore
-    keywords: KeywordIndex
-
-
-@dataclass(frozen=True)
-class FileResult:
-    name: str
-    source: str
-    status: str  # added | replaced | unchanged | failed
-    chunks: int = 0
-    document_id: str | None = None
-    error: str | None = None
-
-
-@dataclass
-class IngestReport:
-    results: list[FileResult] = field(default_factory=list)
-    job_id: str | None = None
-
-    def _named(self, status: str) -> list[str]:
-        return [r.name for r in self.results if r.status == status]
-
-    @property
-    def added(self) -> list[str]:
-        return self._named(ADDED)
-
-    @property
-    def replaced(self) -> list[str]:
-        return self._named(REPLACED)
-
-    @property
-    def unchanged(self) -> list[str]:
-        return self._named(UNCHANGED)
-
-    @property
-    def failed(self) -> list[FileResult]:
-        return [r for r in self.results if r.status == FAILED]
-
-    @property
-    def chunks_written(self) -> int:
-        return sum(r.chunks for r in self.results if r.status in (ADDED, REPLACED))
 
 
 @dataclass
@@ -123,46 +86,6 @@ class _Prepared(_File):
     metadata: dict[str, object]
     existing: Document | None
     tokens: list[str] | None = None
-
-
-def expand_paths(paths: Iterable[Path]) -> Iterator[Path]:
-    """Files under the given files and folders (recursive, sorted, hidden entries skipped)."""
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            for root, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(files):
-                    if not name.startswith("."):
-                        yield Path(root) / name
-        else:
-            yield p
-
-
-def document_id(kb_id: int, source: str) -> str:
-    return hashlib.sha256(f"{kb_id}\0{source}".encode()).hexdigest()[:32]
-
-
-def chunk_id(doc_id: str, chunk: Chunk) -> str:
-    return hashlib.sha256(f"{doc_id}\0{chunk.ordinal}\0{chunk.text}".encode()).hexdigest()[:32]
-
-
-def model_family(model_id: str) -> str:
-    """A model's name without its folder or backend tag: ``/x/all-MiniLM-L6-v2`` and
-    ``sentence-transformers/all-MiniLM-L6-v2`` are one model; ONNX runs keep the id."""
-    return model_id.split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1].lower()
-
-
-def check_embedder(kb: KnowledgeBase, embedder: Embedder) -> None:
-    """Vectors of one knowledge base come from one model: another model's vectors (even of
-    the same size) would be compared with them as if they meant the same."""
-    if embedder.dim != kb.embedding_dim or (
-            model_family(embedder.model_id) != model_family(kb.embedding_model)):
-        raise DimensionMismatch(
-            f"knowledge base {kb.name!r} holds {kb.embedding_dim}-d vectors from "
-            f"{kb.embedding_model}, but the configured embedder is {embedder.model_id} "
-            f"({embedder.dim}-d); configure the same model or create a new knowledge base"
-        )
 
 
 class IngestPipeline:

@@ -237,7 +237,7 @@ def _ingest(rag: RAG, paths: list[Path], kb: str | None, as_json: bool) -> None:
     if missing:
         err.print(f"[red]error[/red]: no such file or folder: {', '.join(missing)}")
         raise typer.Exit(code=2)
-    from ingest.pipeline import expand_paths
+    from ingest.types import expand_paths
 
     total = len(list(expand_paths(paths)))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -23,7 +23,7 @@ import httpx
 
 from ingest.catalog import ChunkInfo, Document, Job, KnowledgeBase
 from ingest.loaders import supported_extensions
-from ingest.pipeline import expand_paths
+from ingest.types import expand_paths
 from rag.types import Answer, Citation, Passage, SearchResult, Timings, Usage
 from stores import errors as _errors
 from stores.errors import RagError

@@ -18,7 +18,8 @@ from pathlib import Path
 from ingest.catalog import Catalog, Document, KnowledgeBase
 from ingest.embedding import Embedder
 from ingest.embedding_backends import make_embedder
-from ingest.pipeline import FileResult, Indexes, IngestPipeline, IngestReport
+from ingest.pipeline import IngestPipeline
+from ingest.types import FileResult, Indexes, IngestReport
 from rag import citations as cite
 from rag.generation import make_generator
 from rag.generation.base import Completion, GenerationParams, Generator, Message

@@ -21,7 +21,7 @@ from typing import Literal
 
 from ingest.catalog import Catalog, KnowledgeBase
 from ingest.embedding import Embedder
-from ingest.pipeline import Indexes, check_embedder
+from ingest.types import Indexes, check_embedder
 from rag.rerank import CrossEncoderReranker
 from rag.settings import RetrievalConfig
 from rag.types import Passage

@@ -181,7 +181,7 @@ def test_kb_delete_removes_everything(fake_rag: RAG, tmp_path: Path) -> None:
 
 
 def test_another_model_of_the_same_size_is_refused(tmp_path: Path) -> None:
-    from ingest.pipeline import model_family
+    from ingest.types import model_family
     from rag.settings import Settings
     from stores.errors import DimensionMismatch
     from tests.helpers import ExtractiveGenerator, HashEmbedder
