@@ -1,4 +1,5 @@
-"""Test doubles for the unit suite: a deterministic embedder and an extractive generator.
+"""Test doubles for the unit suite: a deterministic embedder and an extractive generator;
+and a counter of the keyword rows read into memory.
 
 The embedder hashes word and character-bigram features into a fixed-size vector, so texts
 sharing words are close: enough to test our code paths without loading a model.
@@ -10,11 +11,13 @@ import hashlib
 import itertools
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
+import pytest
 
 from rag.generation.base import Completion, Delta, GenerationParams, Message
+from stores.bm25 import Postings
 
 _TOKEN = re.compile(r"[\u4e00-\u9fff]|[^\W\u4e00-\u9fff]+|[^\w\s]")
 
@@ -86,3 +89,18 @@ class ExtractiveGenerator:
         total = time.perf_counter() - start
         yield Delta("", Completion(text, finish, self.count_tokens(messages), len(words),
                                    total / 2, total))
+
+
+def keyword_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many rows each ``Postings.add`` is given from now on: the keyword rows a search
+    (or a warm-up) reads into memory."""
+    counts: list[int] = []
+    add = Postings.add
+
+    def counted(self: Postings, rows: Iterable[tuple[int, str]]) -> None:
+        rows = list(rows)
+        counts.append(len(rows))
+        add(self, rows)
+
+    monkeypatch.setattr(Postings, "add", counted)
+    return counts

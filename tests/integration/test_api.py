@@ -20,10 +20,9 @@ from api import create_app
 from ingest.catalog import JOB_QUEUED, JOB_RUNNING
 from rag.engine import RAG
 from stores import tokens
-from stores.bm25 import Postings
 from stores.keyword import KeywordIndex
 from tests.conftest import SAMPLES, make_settings
-from tests.helpers import ExtractiveGenerator, HashEmbedder
+from tests.helpers import ExtractiveGenerator, HashEmbedder, keyword_reads
 from tests.servers import free_port
 
 QUESTION = "How much is an adult ticket at the observatory?"
@@ -367,15 +366,7 @@ def test_an_upload_is_in_the_keyword_memory_when_its_job_is_done(
     with TestClient(create_app(rag=rag)) as c:
         assert c.post("/v1/knowledge-bases", json={"name": "kb"}).status_code == 201
         assert _upload(c, "kb", _files("observatory-guide.md"))["status"] == "done"
-        reads: list[int] = []
-        add = Postings.add
-
-        def counted(self: Postings, rows: Any) -> None:
-            rows = list(rows)
-            reads.append(len(rows))
-            add(self, rows)
-
-        monkeypatch.setattr(Postings, "add", counted)
+        reads = keyword_reads(monkeypatch)
         r = c.post("/v1/knowledge-bases/kb/search", json={"query": QUESTION, "mode": "keyword"})
         assert "observatory" in r.json()["passages"][0]["document_name"]
         assert sum(reads) == 0
@@ -402,15 +393,7 @@ def test_the_server_reads_another_process_s_keyword_rows_before_a_question(
             if keywords._memory.live == before + 1:
                 break
             time.sleep(0.05)
-        reads: list[int] = []
-        add = Postings.add
-
-        def counted(self: Postings, rows: Any) -> None:
-            rows = list(rows)
-            reads.append(len(rows))
-            add(self, rows)
-
-        monkeypatch.setattr(Postings, "add", counted)
+        reads = keyword_reads(monkeypatch)
         assert [h.id for h in keywords.search("lighthouse seagulls", 5)] == ["x1"]
         assert sum(reads) == 0
     rag.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import sqlite3
-from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from bench.keyword import same_ranking as bench_ranking
 from stores.bm25 import Postings, terms_of
 from stores.keyword import KeywordIndex
 from stores.tokens import tokenize
+from tests.helpers import keyword_reads
 
 WORDS = [f"w{i}" for i in range(400)] + ["café", "naïve", "max_tokens", "hôtel", "cafe",
                                          "退款", "申请", "订单", "发票", "时间"]
@@ -174,20 +174,6 @@ def test_a_row_removed_between_ranking_and_reading_is_left_out(tmp_path: Path) -
     other.close()
 
 
-def _reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many rows each ``Postings.add`` is given, from now on."""
-    counts: list[int] = []
-    add = Postings.add
-
-    def counted(self: Postings, rows: Iterable[tuple[int, str]]) -> None:
-        rows = list(rows)
-        counts.append(len(rows))
-        add(self, rows)
-
-    monkeypatch.setattr(Postings, "add", counted)
-    return counts
-
-
 def test_a_snapshot_spares_the_next_process_the_read(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(KeywordIndex, "SNAPSHOT_AFTER_S", 0.0)  # any read writes one
@@ -204,7 +190,7 @@ def test_a_snapshot_spares_the_next_process_the_read(tmp_path: Path,
     other.upsert(rows[700:])
     other.delete_document("d650")
     other.close()
-    reads = _reads(monkeypatch)
+    reads = keyword_reads(monkeypatch)
     index = KeywordIndex(path)
     for query in queries(20):
         same_ranking(index, query, 10)
