@@ -29,13 +29,12 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+from bench.latency import pct
+from bench.retrieval import DATA, RESULTS
 from rag.evaluation import load_dataset
 from stores.keyword import KeywordIndex
 from stores.tokens import tokenize
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "bench" / "results"
 K = 30
 
 
@@ -56,11 +55,6 @@ def fts5_search(index: KeywordIndex, query: str, k: int) -> list[tuple[str, floa
         row = f" {tokens} "
         hits.append((cid, -float(score), sum(1 for t in spaced if t in row) / len(terms)))
     return hits
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
 
 
 def same_ranking(ours: list[Any], theirs: list[tuple[str, float, float]]) -> bool:
@@ -108,6 +102,7 @@ def run(name: str, copies: int, questions: int, work: Path) -> dict[str, Any]:
         ours_s.append(t1 - t0)
         fts5_s.append(t2 - t1)
         agree += same_ranking(mine, theirs)
+    ours_ms, fts5_ms = [s * 1000 for s in ours_s], [s * 1000 for s in fts5_s]
     rows = index.count()
     index.close()
     snapshot_mb = index.snapshot.stat().st_size / 2**20
@@ -129,8 +124,8 @@ def run(name: str, copies: int, questions: int, work: Path) -> dict[str, Any]:
            "memory_mb": round(memory / 2**20, 1),
            "snapshot_write_s": round(snapshot_write_s, 3), "snapshot_mb": round(snapshot_mb, 1),
            "snapshot_read_s": round(snapshot_read_s, 3),
-           "ours_p50_ms": pct(ours_s, 0.5), "ours_p99_ms": pct(ours_s, 0.99),
-           "fts5_p50_ms": pct(fts5_s, 0.5), "fts5_p99_ms": pct(fts5_s, 0.99),
+           "ours_p50_ms": pct(ours_ms, 0.5, 3), "ours_p99_ms": pct(ours_ms, 0.99, 3),
+           "fts5_p50_ms": pct(fts5_ms, 0.5, 3), "fts5_p99_ms": pct(fts5_ms, 0.99, 3),
            "same_ranking": f"{agree}/{len(asked)}"}
     row["fts5_over_ours_p50"] = round(row["fts5_p50_ms"] / row["ours_p50_ms"], 2)
     return row

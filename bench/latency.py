@@ -45,9 +45,10 @@ RESULTS = ROOT / "bench" / "results"
 KB = "/v1/knowledge-bases/bench"
 
 
-def pct(values: list[float], q: float) -> float:
+def pct(values: list[float], q: float, digits: int = 2) -> float:
+    """The ``q`` quantile of ``values`` (the value at that rank), rounded."""
     ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], digits)
 
 
 def load(url: str, path: str, bodies: list[dict[str, Any]], clients: int, raw: bool = False
