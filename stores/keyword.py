@@ -213,8 +213,8 @@ class KeywordIndex:
             self._remove_rows(self._rows_of(list(latest)))
             self._writes += 1
             top = self._highest_rid()
-            rows = [(top + n, tokens, cid, meta, doc)
-                    for n, (cid, (tokens, meta, doc)) in enumerate(latest.items(), start=1)]
+            rows = [(top + n, terms, cid, meta, doc)
+                    for n, (cid, (terms, meta, doc)) in enumerate(latest.items(), start=1)]
             payload = json.dumps(rows, ensure_ascii=False)
             self._db.execute(
                 "INSERT INTO chunk_ids(rid, id, doc) SELECT json_extract(value, '$[0]'), "
