@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import threading
 import time
 from contextlib import ExitStack
@@ -24,10 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.common import DATA, RESULTS, ROOT, machine
 from ingest.config import native_bfloat16
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "squad-v2-dev"
+SQUAD = DATA / "squad-v2-dev"
 
 
 @dataclass
@@ -49,11 +48,11 @@ def prompts(n: int) -> list[list[Any]]:
     from rag.types import Passage
 
     passages = {}
-    for line in (DATA / "passages.jsonl").open():
+    for line in (SQUAD / "passages.jsonl").open():
         p = json.loads(line)
         passages[p["id"]] = p
     out = []
-    for line in (DATA / "questions.jsonl").open():
+    for line in (SQUAD / "questions.jsonl").open():
         q = json.loads(line)
         if q.get("is_impossible") or not q["gold_passage_ids"]:
             continue
@@ -222,7 +221,7 @@ def main() -> None:
     ap.add_argument("--backends", default="transformers,raw-hf,openai")
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--max-tokens", type=int, default=48)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     folder = model_folder(args.model)
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -251,7 +250,7 @@ def main() -> None:
     keep = [r for r in old["results"] if r["backend"] not in {x.backend for x in rows}]
     merged = keep + [asdict(r) for r in rows]
     meta = {"model": str(folder), "max_tokens": args.max_tokens,
-            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cpus",
+            "machine": machine(),
             "prompts": "SQuAD 2.0 dev passages (700 chars) + questions, RAG prompt",
             "cpu_dtype": "bfloat16" if native_bfloat16() else "float32"}
     target.write_text(json.dumps({"meta": meta, "results": merged}, indent=2))

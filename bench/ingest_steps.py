@@ -25,7 +25,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.retrieval import DATA, RESULTS, machine
+from bench.common import DATA, RESULTS, machine
 
 STEPS = [  # (where, method, label): timed when the ingesting thread calls them
     ("pipeline", "_read", "read files"),

@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
+from bench.common import DATA, RESULTS, machine
 from bench.latency import pct
-from bench.retrieval import DATA, RESULTS
 from rag.evaluation import load_dataset
 from stores.keyword import KeywordIndex
 from stores.tokens import tokenize
@@ -159,7 +157,7 @@ def main() -> None:
     parser.add_argument("--out", default="keyword",
                         help="writes bench/results/OUT.json and OUT.png")
     args = parser.parse_args()
-    results: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    results: dict[str, Any] = {"machine": machine(),
                                "k": K, "rows": []}
     with tempfile.TemporaryDirectory(prefix="bench-keyword-") as tmp:
         for spec in args.sets.split(","):

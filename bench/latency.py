@@ -28,7 +28,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import tempfile
 import threading
 import time
@@ -37,11 +36,9 @@ from typing import Any
 
 import httpx
 
+from bench.common import DATA, RESULTS, machine
 from rag.evaluation import load_dataset, write_passages
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "bench" / "results"
 KB = "/v1/knowledge-bases/bench"
 
 
@@ -174,7 +171,7 @@ def main() -> None:
     ids = {p["id"] for p in dataset.passages}
     questions = [q.question for q in dataset.sample(None)
                  if set(q.gold) & ids][: args.questions]
-    results: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    results: dict[str, Any] = {"machine": machine(),
                                "dataset": args.dataset,
                                "passages": len(dataset.passages), "questions": len(questions)}
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench.common import DATA, RESULTS, ROOT, machine
 from rag.evaluation import (
     Dataset,
     load_dataset,
@@ -47,9 +47,6 @@ from rag.evaluation import (
 )
 from rag.retrieval import Mode
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "bench" / "results"
 PEERS_VENV = ROOT / ".venv" / "bench-peers"
 PEER_PACKAGES = ["haystack-ai>=3.4,<3.4.1", "sentence-transformers-haystack", "langchain",
                  "langchain-community", "langchain-huggingface", "langchain-text-splitters",
@@ -315,16 +312,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{name}: nDCG@10")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-
-def machine() -> str:
-    """CPU count and platform, and the GPU when torch sees one."""
-    import torch
-
-    text = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
-    if torch.cuda.is_available():
-        text += f", {torch.cuda.get_device_name(0)} (torch {torch.__version__})"
-    return text
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

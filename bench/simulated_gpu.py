@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.retrieval import DATA, RESULTS, machine
+from bench.common import DATA, RESULTS, machine
 
 _SLEEPS = 100  # pieces of one batch's wait
 _BATCH = 128

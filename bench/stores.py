@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import shutil
 import tempfile
 import time
@@ -27,12 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import DATA, RESULTS, machine
 from stores import open_store
 from stores.base import Record, normalize
 from stores.errors import RagError
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data"
 K = 10
 
 
@@ -239,7 +237,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--datasets", default="clustered,squad-v2-dev,scifact-test")
     ap.add_argument("--backends", default="faiss,milvus-lite,milvus-server,chroma")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     logging.disable(logging.WARNING)
     which = set(args.backends.split(","))
@@ -263,8 +261,7 @@ def main() -> None:
                 except RagError as exc:  # report it and go on with the other backends
                     failures.append(f"{label} {cfg.backend} {cfg.index}: {exc}")
                     print(f"FAILED {failures[-1]}", flush=True)
-    meta = {"failures": failures, "machine": f"{platform.processor() or platform.machine()}, "
-                       f"{__import__('os').cpu_count()} cpus", "k": K,
+    meta = {"failures": failures, "machine": machine(), "k": K,
             "pinecone": "not measured: only a local emulator is reachable here, and its "
                         "speed says nothing about the service",
             "command": "python -m bench.stores " + " ".join(
