@@ -37,7 +37,8 @@ class EmbeddingConfig(BaseModel):
     device: str = Field("auto", description="auto (cuda when torch sees a GPU), cpu, cuda, cuda:N")
     batch_size: int | None = Field(
         None, ge=1, le=4096, description="texts per forward pass; empty: 16 on CPU (short "
-        "batches run faster on few cores), 128 on GPU")
+        "batches run faster on few cores; 8 for the onnx backends, whose attention scores "
+        "fill memory: 15-18% faster on CMRC and SciFact passages), 128 on GPU")
     precision: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="torch backend. auto: float16 on a GPU; on CPU bfloat16 where "
         "the processor computes it (AVX512-BF16 or AMX: MiniLM ingested 2.3x faster than in "
@@ -54,7 +55,14 @@ class EmbeddingConfig(BaseModel):
     def resolved_batch_size(self, device: str) -> int:
         if self.batch_size is not None:
             return self.batch_size
-        return 16 if device == "cpu" else 128
+        if device != "cpu":
+            return 128
+        # onnxruntime runs the exported eager attention, which writes each layer's scores,
+        # (batch, heads, tokens, tokens) in float32, to memory: 50 MB for 16 passages of 256
+        # tokens. In batches of 8, onnx-int8 encoded 300 CMRC passages in 3.3 s instead of
+        # 3.9 s, 300 SciFact abstracts in 3.0 s instead of 3.6 s (SQuAD's shorter ones 4%
+        # faster). Torch's fused attention keeps no such matrix: 16 and 8 run alike.
+        return 8 if self.backend in ("onnx", "onnx-int8") else 16
 
     def resolved_precision(self, device: str) -> str:
         if self.precision != "auto":

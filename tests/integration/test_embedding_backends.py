@@ -416,10 +416,13 @@ def test_a_loaded_model_is_left_out_of_garbage_collections() -> None:
     embedder.close()
 
 
-def test_default_batch_size_depends_on_the_device() -> None:
+def test_default_batch_size_depends_on_the_device_and_backend() -> None:
     config = EmbeddingConfig()
     assert config.resolved_batch_size("cpu") == 16
     assert config.resolved_batch_size("cuda:0") == 128
+    for backend in ("onnx", "onnx-int8"):
+        assert EmbeddingConfig(backend=backend).resolved_batch_size("cpu") == 8
+    assert EmbeddingConfig(backend="onnx", batch_size=32).resolved_batch_size("cpu") == 32
     assert EmbeddingConfig(batch_size=7).resolved_batch_size("cuda") == 7
 
 
