@@ -16,16 +16,9 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import (
     Connection,
-    Engine,
     bindparam,
-    case,
-    create_engine,
-    event,
     func,
-    insert,
-    literal,
     select,
-    update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -41,6 +34,16 @@ from ingest.catalog.records import (
     Job,
     KnowledgeBase,
 )
+from ingest.catalog.sql import (
+    chunk_record,
+    document_record,
+    existing_documents,
+    insert_rows,
+    job_record,
+    kb_record,
+    open_engine,
+    update_rows,
+)
 from stores.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
 
 _KB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -54,27 +57,6 @@ def validate_kb_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
-
-
-def _engine(url: str) -> Engine:
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, pool_pre_ping=True)
-    # Bulk INSERTs (a list of rows) go as multi-row VALUES statements, as SQLAlchemy already
-    # sends them when they return rows, not as executemany (see ``_insert_rows``).
-    if engine.dialect.use_insertmanyvalues:
-        engine.dialect.use_insertmanyvalues_wo_returning = True
-    if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=10000")
-            cur.close()
-
-    return engine
 
 
 # What every search reads, built once: a statement built per call cost more than the query
@@ -96,7 +78,7 @@ class Catalog:
     def __init__(self, url: str) -> None:
         self.url = url
         try:
-            self.engine = _engine(url)
+            self.engine = open_engine(url)
             self.upgrade()
         except OperationalError as exc:
             raise StoreUnavailable(f"cannot open the catalog database {url}: {exc}") from exc
@@ -138,7 +120,7 @@ class Catalog:
                 )
                 s.add(row)
                 s.flush()
-                return _kb(row)
+                return kb_record(row)
         except IntegrityError:
             raise Conflict(f"knowledge base {name!r} already exists") from None
 
@@ -149,12 +131,12 @@ class Catalog:
             row = conn.execute(_KB_NAMED, {"name": name}).first()
             if row is None:
                 raise NotFound(f"knowledge base {name!r} does not exist (see `rag kb list`)")
-            return _kb(row, *self._kb_counts(conn, row.id)) if counts else _kb(row)
+            return kb_record(row, *self._kb_counts(conn, row.id)) if counts else kb_record(row)
 
     def list_kbs(self) -> list[KnowledgeBase]:
         with self._session() as s:
             rows = s.scalars(select(KnowledgeBaseRow).order_by(KnowledgeBaseRow.name)).all()
-            return [_kb(r, *self._kb_counts(s, r.id)) for r in rows]
+            return [kb_record(r, *self._kb_counts(s, r.id)) for r in rows]
 
     def update_kb(
         self, name: str, description: str | None = None, store_url: str | None = None
@@ -168,7 +150,7 @@ class Catalog:
             if store_url is not None:
                 row.store_url = store_url
             s.flush()
-            return _kb(row, *self._kb_counts(s, row.id))
+            return kb_record(row, *self._kb_counts(s, row.id))
 
     def delete_kb(self, name: str) -> None:
         with self._session() as s:
@@ -199,7 +181,7 @@ class Catalog:
             for i in range(0, len(sources), 500):
                 rows = s.scalars(select(DocumentRow).where(
                     DocumentRow.kb_id == kb_id, DocumentRow.source.in_(sources[i : i + 500])))
-                found.update((r.source, _doc(r)) for r in rows)
+                found.update((r.source, document_record(r)) for r in rows)
         return found
 
     def get_document(self, kb_id: int, doc_id: str) -> Document:
@@ -207,7 +189,7 @@ class Catalog:
             row = s.get(DocumentRow, doc_id)
             if row is None or row.kb_id != kb_id:
                 raise NotFound(f"document {doc_id!r} does not exist in this knowledge base")
-            return _doc(row)
+            return document_record(row)
 
     def list_documents(
         self, kb_id: int, status: str | None = None, offset: int = 0, limit: int = 100
@@ -217,33 +199,33 @@ class Catalog:
             if status is not None:
                 q = q.where(DocumentRow.status == status)
             q = q.order_by(DocumentRow.name, DocumentRow.id).offset(offset).limit(limit)
-            return [_doc(r) for r in s.scalars(q).all()]
+            return [document_record(r) for r in s.scalars(q).all()]
 
     def documents_in_status(self, kb_id: int, statuses: Sequence[str]) -> list[Document]:
         with self._session() as s:
             q = select(DocumentRow).where(
                 DocumentRow.kb_id == kb_id, DocumentRow.status.in_(list(statuses))
             )
-            return [_doc(r) for r in s.scalars(q).all()]
+            return [document_record(r) for r in s.scalars(q).all()]
 
     def begin_documents(self, docs: Sequence[tuple[str, int, str, str, str, int]]) -> None:
         """Mark documents ``(id, kb_id, name, source, mime, size)`` as being (re)indexed, in one
         transaction. Their previous chunks stay until ``finish_documents``.
 
-        Both steps write a group's rows with a few multi-row statements (``_insert_rows``,
-        ``_update_rows``), not one ORM object per row (squad-v2-dev's 1,204 documents, with
+        Both steps write a group's rows with a few multi-row statements (``insert_rows``,
+        ``update_rows``), not one ORM object per row (squad-v2-dev's 1,204 documents, with
         an encode that costs nothing but its tokenizer: 1.44 s through the unit of work,
         1.18 s in bulk) nor one executemany step per row (below)."""
         with self._session() as s:
             ids = list(dict.fromkeys(d[0] for d in docs))
-            known = _existing(s, ids)
-            _insert_rows(s, DocumentRow.__table__, [
+            known = existing_documents(s, ids)
+            insert_rows(s, DocumentRow.__table__, [
                 {"id": doc_id, "kb_id": kb_id, "name": name, "source": source, "sha256": "",
                  "mime_type": mime_type, "size": size, "status": DOC_INDEXING, "error": None,
                  "chunk_count": 0, "metadata": {}}
                 for doc_id, kb_id, name, source, mime_type, size in docs
                 if doc_id not in known])
-            _update_rows(s, DocumentRow.__table__, [
+            update_rows(s, DocumentRow.__table__, [
                 {"id": doc_id, "status": DOC_INDEXING, "error": None}
                 for doc_id in ids if doc_id in known])
 
@@ -254,15 +236,15 @@ class Catalog:
         them indexed, in one transaction: all are indexed together, or none is."""
         with self._session() as s:
             ids = [d[0] for d in docs]
-            missing = sorted(set(ids) - _existing(s, ids))
+            missing = sorted(set(ids) - existing_documents(s, ids))
             if missing:
                 raise NotFound(f"document {missing[0]!r} vanished while it was being indexed")
             s.query(ChunkRow).filter(ChunkRow.document_id.in_(ids)).delete()
-            _insert_rows(s, ChunkRow.__table__, [
+            insert_rows(s, ChunkRow.__table__, [
                 {"id": c.id, "document_id": doc_id, "ordinal": c.ordinal, "text": c.text,
                  "start": c.start, "end": c.end, "page": c.page, "token_count": c.token_count}
                 for doc_id, *_, infos in docs for c in infos])
-            _update_rows(s, DocumentRow.__table__, [
+            update_rows(s, DocumentRow.__table__, [
                 {"id": doc_id, "sha256": sha256, "mime_type": mime_type, "size": size,
                  "metadata": metadata, "status": DOC_INDEXED, "error": None,
                  "chunk_count": len(infos)}
@@ -281,7 +263,7 @@ class Catalog:
             row.status = DOC_INDEXED if has_chunks else DOC_FAILED
             row.error = error if not has_chunks else f"last update failed: {error}"
             s.flush()
-            return _doc(row)
+            return document_record(row)
 
     def restore_document(self, doc_id: str) -> None:
         """After an interrupted re-index: back to indexed if old chunks remain, else removed."""
@@ -333,7 +315,7 @@ class Catalog:
         with self._session() as s:
             q = (select(ChunkRow).where(ChunkRow.document_id == doc_id)
                  .order_by(ChunkRow.ordinal).offset(offset).limit(limit))
-            return [_chunk(r) for r in s.scalars(q).all()]
+            return [chunk_record(r) for r in s.scalars(q).all()]
 
     def resolve_chunks(self, kb_id: int, ids: Sequence[str]) -> dict[str, tuple[ChunkInfo, str]]:
         """The indexed chunks among ``ids`` with their documents' names (unknown ids are left
@@ -365,7 +347,7 @@ class Catalog:
             )
             s.add(row)
             s.flush()
-            return _job(row)
+            return job_record(row)
 
     def update_job(
         self, job_id: str, *, done: int = 0, skipped: int = 0, failed: int = 0, chunks: int = 0,
@@ -387,7 +369,7 @@ class Catalog:
             if status is not None:
                 row.status = status
             s.flush()
-            return _job(row)
+            return job_record(row)
 
     def start_job(self, job_id: str, files_total: int) -> Job:
         """Mark a queued job running and (re)start its counters (a resumed job counts anew)."""
@@ -399,73 +381,19 @@ class Catalog:
             row.files_done = row.files_skipped = row.files_failed = row.chunks_written = 0
             row.errors = []
             s.flush()
-            return _job(row)
+            return job_record(row)
 
     def jobs_in_status(self, statuses: Sequence[str]) -> list[Job]:
         with self._session() as s:
             rows = s.scalars(select(JobRow).where(JobRow.status.in_(list(statuses)))).all()
-            return [_job(r) for r in rows]
+            return [job_record(r) for r in rows]
 
     def get_job(self, job_id: str) -> Job:
         with self._session() as s:
             row = s.get(JobRow, job_id)
             if row is None:
                 raise NotFound(f"job {job_id!r} does not exist")
-            return _job(row)
-
-
-# Bound parameters per statement in ``_update_rows``: under SQLite's oldest limit (999).
-_MAX_PARAMS = 900
-
-
-# The bulk writes go as multi-row statements, a few per group, not executemany: each row of an
-# executemany is a database step that lets go of the GIL and must take it back, and while
-# another thread runs Python (an ingestion's tokenizers, the model thread) each taking-back
-# can wait out the interpreter's 5 ms switch interval. Recording cmrc2018-dev's 848 documents
-# and 2,544 chunks while one other thread spun took 8.6 s by executemany (0.06 s alone).
-
-def _existing(s: Session, ids: Sequence[str]) -> set[str]:
-    """Which of ``ids`` are documents: one counting step when none or all are (the usual
-    cases), the ids themselves otherwise."""
-    if not ids:
-        return set()
-    table = DocumentRow.__table__
-    count = s.scalar(select(func.count()).select_from(table).where(table.c.id.in_(ids)))
-    if not count:
-        return set()
-    if count == len(set(ids)):
-        return set(ids)
-    return set(s.scalars(select(table.c.id).where(table.c.id.in_(ids))))
-
-
-def _insert_rows(s: Session, table: Any, rows: list[dict[str, Any]]) -> None:
-    """INSERT ``rows`` (dicts with the same keys): multi-row VALUES statements, batched by
-    SQLAlchemy's "insertmanyvalues" (turned on without RETURNING in ``_engine``)."""
-    if rows:
-        s.execute(insert(table), rows)
-
-
-def _update_rows(s: Session, table: Any, rows: list[dict[str, Any]]) -> None:
-    """UPDATE rows by ``id`` (dicts with the same keys), a batch per statement: a value that
-    differs between rows is a CASE on the id, in its simple form (``CASE id WHEN ... THEN``,
-    one expression less per row than ``CASE WHEN id = ...``: 848 documents' four differing
-    columns took 41 ms instead of 68 ms on 2 cores, most of it SQLAlchemy building them)."""
-    if not rows:
-        return
-    columns = [k for k in rows[0] if k != "id"]
-    per = max(1, _MAX_PARAMS // (2 * len(columns) + 1))
-    for at in range(0, len(rows), per):
-        part = rows[at : at + per]
-        values: dict[str, Any] = {}
-        for c in columns:
-            column = table.c[c]
-            first = part[0][c]
-            if all(r[c] == first for r in part):
-                values[c] = literal(first, column.type)
-            else:
-                values[c] = case({r["id"]: literal(r[c], column.type) for r in part},
-                                 value=table.c.id)
-        s.execute(update(table).where(table.c.id.in_([r["id"] for r in part])).values(values))
+            return job_record(row)
 
 
 def _get_or_add_document(
@@ -484,39 +412,3 @@ def _new_document(
     return DocumentRow(id=doc_id, kb_id=kb_id, name=name, source=source, sha256="",
                        mime_type=mime_type, size=size, status=DOC_INDEXING, chunk_count=0,
                        meta={})
-
-
-def _kb(row: Any, documents: int = 0, chunks: int = 0) -> KnowledgeBase:
-    """From an ORM row or a plain one (the same column names)."""
-    return KnowledgeBase(
-        id=row.id, name=row.name, description=row.description,
-        embedding_model=row.embedding_model, embedding_dim=row.embedding_dim,
-        store_url=row.store_url, chunking=dict(row.chunking), created_at=row.created_at,
-        document_count=documents, chunk_count=chunks,
-    )
-
-
-def _doc(row: DocumentRow) -> Document:
-    return Document(
-        id=row.id, kb_id=row.kb_id, name=row.name, source=row.source, sha256=row.sha256,
-        mime_type=row.mime_type, size=row.size, status=row.status, error=row.error,
-        chunk_count=row.chunk_count, metadata=dict(row.meta or {}), created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
-
-
-def _chunk(row: ChunkRow) -> ChunkInfo:
-    return ChunkInfo(
-        id=row.id, document_id=row.document_id, ordinal=row.ordinal, text=row.text,
-        start=row.start, end=row.end, page=row.page, token_count=row.token_count,
-    )
-
-
-def _job(row: JobRow) -> Job:
-    return Job(
-        id=row.id, kb_id=row.kb_id, kind=row.kind, status=row.status,
-        files_total=row.files_total, files_done=row.files_done,
-        files_skipped=row.files_skipped, files_failed=row.files_failed,
-        chunks_written=row.chunks_written, errors=list(row.errors or []),
-        created_at=row.created_at, updated_at=row.updated_at,
-    )
