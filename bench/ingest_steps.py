@@ -68,6 +68,7 @@ def _timed(owner: Any, method: str, label: str, acc: dict[str, float],
 def turn(rag: Any, kb: str, paths: list[Path]) -> dict[str, Any]:
     """One ingestion into a new knowledge base, with the seconds of each step."""
     from ingest.pipeline import IngestPipeline
+    from ingest.write import GroupWriter
 
     base = rag.create_kb(kb)
     indexes = rag.indexes(base)
@@ -78,7 +79,7 @@ def turn(rag: Any, kb: str, paths: list[Path]) -> dict[str, Any]:
     with ExitStack() as stack:
         for where, method, label in STEPS:
             stack.enter_context(_timed(owners[where], method, label, acc, me))
-        stack.enter_context(_timed(IngestPipeline, "_write_group", WRITE_GROUP, acc, me))
+        stack.enter_context(_timed(GroupWriter, "write", WRITE_GROUP, acc, me))
         start = time.perf_counter()
         report = rag.ingest(paths, kb=kb)
         total = time.perf_counter() - start

@@ -24,12 +24,11 @@ from ingest.catalog import (
     DOC_INDEXED,
     DOC_INDEXING,
     Catalog,
-    ChunkInfo,
     Document,
     KnowledgeBase,
 )
 from ingest.catalog.records import JOB_DONE
-from ingest.chunking import Chunk, Chunker
+from ingest.chunking import Chunker
 from ingest.config import ChunkingConfig, IngestConfig
 from ingest.embedding import Embedder
 from ingest.loaders import mime_type_for
@@ -43,11 +42,11 @@ from ingest.types import (
     Indexes,
     IngestReport,
     check_embedder,
-    chunk_id,
     document_id,
     expand_paths,
 )
-from stores.base import Eq, Record
+from ingest.write import GroupWriter, PreparedFile, SourceFile
+from stores.base import Eq
 from stores.errors import InvalidInput, PayloadTooLarge, RagError
 
 log = logging.getLogger(__name__)
@@ -60,32 +59,11 @@ _LOOKAHEAD_BYTES = 4_000_000  # ... or fewer, when they are large
 
 
 @dataclass
-class _File:
-    path: Path
-    source: str
-    doc_id: str
-    data_sha: str
-    size: int
-    mime: str
-
-
-@dataclass
-class _Read(_File):
+class _Read(SourceFile):
     """A file read (new or changed), waiting for its parsing and chunking."""
 
     data: bytes
     existing: Document | None
-
-
-@dataclass
-class _Prepared(_File):
-    """A file chunked, waiting for its vectors (its text is no longer kept). ``tokens``:
-    its chunks' keyword tokens, when the worker process made them."""
-
-    chunks: list[Chunk]
-    metadata: dict[str, object]
-    existing: Document | None
-    tokens: list[str] | None = None
 
 
 class IngestPipeline:
@@ -95,6 +73,7 @@ class IngestPipeline:
         self.catalog = catalog
         self.embedder = embedder
         self.config = config
+        self.writer = GroupWriter(catalog)
         self._workers: list[PrepareWorker] = []
         self._workers_lock = threading.Lock()
 
@@ -178,16 +157,16 @@ class IngestPipeline:
         # cores). With worker processes (``IngestConfig.prepare_workers``), parsing, chunking
         # and keyword tokens happen there instead, batches of files in turn, two per worker
         # ahead, taken back in order.
-        group: list[_Prepared] = []
+        group: list[PreparedFile] = []
         group_limit = _FIRST_GROUP_CHUNKS
-        pending: tuple[list[_Prepared], Future[np.ndarray], Future[list[str]]] | None = None
+        pending: tuple[list[PreparedFile], Future[np.ndarray], Future[list[str]]] | None = None
         workers = self._prepare_workers()
         ahead = 2 * len(workers) if workers else 0  # batches the workers may have on hand
         in_flight: deque[tuple[list[_Read], Future[list[Prepared | Failure]]]] = deque()
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="rag-embed") as pool, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-keywords") as words:
 
-            def submit(ready: list[_Prepared]) -> None:
+            def submit(ready: list[PreparedFile]) -> None:
                 nonlocal pending
                 texts = [c.indexed_text for p in ready for c in p.chunks]
                 embedding = pool.submit(self.embedder.embed_documents, texts)
@@ -198,7 +177,7 @@ class IngestPipeline:
                 else:
                     tokens = words.submit(indexes.keywords.tokens_of, texts)
                 if pending is not None:
-                    emit(*self._write_group(kb, indexes, *pending))
+                    emit(*self.writer.write(kb, indexes, *pending))
                 pending = (ready, embedding, tokens)
 
             try:
@@ -218,10 +197,10 @@ class IngestPipeline:
                     for f, outcome in zip(batch, outcomes, strict=True):
                         files_left -= 1
                         if isinstance(outcome, Failure):
-                            emit(self._fail(kb, f.doc_id, f.path.name, f.source, f.mime, f.size,
-                                            outcome.error()))
+                            emit(self.writer.fail(kb, f.doc_id, f.path.name, f.source,
+                                                  f.mime, f.size, outcome.error()))
                             continue
-                        group.append(_Prepared(
+                        group.append(PreparedFile(
                             f.path, f.source, f.doc_id, f.data_sha, f.size, f.mime,
                             outcome.chunks, {"sha256": f.data_sha, **outcome.metadata},
                             f.existing, outcome.tokens))
@@ -285,7 +264,7 @@ class IngestPipeline:
                 if group:
                     submit(group)
                 if pending is not None:
-                    emit(*self._write_group(kb, indexes, *pending))
+                    emit(*self.writer.write(kb, indexes, *pending))
                     pending = None
             finally:
                 if pending is not None:  # an unexpected error: let the embedding finish
@@ -314,10 +293,10 @@ class IngestPipeline:
                 )
             data = path.read_bytes()
         except OSError as exc:
-            return self._fail(kb, doc_id, name, source, "", 0,
+            return self.writer.fail(kb, doc_id, name, source, "", 0,
                               InvalidInput(f"{name}: cannot read the file ({exc.strerror})"))
         except RagError as exc:
-            return self._fail(kb, doc_id, name, source, "", 0, exc)
+            return self.writer.fail(kb, doc_id, name, source, "", 0, exc)
         sha = hashlib.sha256(data).hexdigest()
         if existing is not None and existing.status == DOC_INDEXED and existing.sha256 == sha:
             return FileResult(name, source, UNCHANGED, existing.chunk_count, doc_id)
@@ -336,72 +315,6 @@ class IngestPipeline:
         batch = getattr(self.embedder, "token_offsets_batch", None)
         offsets = batch(texts) if batch is not None else None
         return offsets if offsets is not None else [None] * len(texts)
-
-    def _fail(
-        self, kb: KnowledgeBase, doc_id: str, name: str, source: str, mime: str, size: int,
-        exc: RagError,
-    ) -> FileResult:
-        self.catalog.fail_document(doc_id, kb.id, name, source, mime or "unknown", size,
-                                   f"{exc.type}: {exc.message}")
-        return FileResult(name, source, FAILED, 0, doc_id, exc.message)
-
-    def _write_group(
-        self, kb: KnowledgeBase, indexes: Indexes, group: list[_Prepared],
-        embedding: Future[np.ndarray], tokens: Future[list[str]],
-    ) -> list[FileResult]:
-        """Write a group's chunks to the stores, then record them in the catalog, with one
-        call per index and one transaction per step; a store failure fails the group's files
-        and leaves their previous versions as they were."""
-        try:
-            vectors = embedding.result()
-        except RagError as exc:
-            return [self._fail(kb, p.doc_id, p.path.name, p.source, p.mime, p.size, exc)
-                    for p in group]
-        ids = {p.doc_id: [chunk_id(p.doc_id, c) for c in p.chunks] for p in group}
-        old_ids = self.catalog.chunk_ids_of(list(ids))
-        self.catalog.begin_documents(
-            [(p.doc_id, kb.id, p.path.name, p.source, p.mime, p.size) for p in group])
-        records: list[Record] = []
-        keywords: list[tuple[str, str, dict[str, object]]] = []
-        for p in group:
-            start = len(records)
-            for cid, vec, c in zip(ids[p.doc_id], vectors[start : start + len(p.chunks)],
-                                   p.chunks, strict=True):
-                meta = _chunk_metadata(p.doc_id, p.path.name, c)
-                records.append(Record(cid, vec, c.text, meta))
-                keywords.append((cid, c.indexed_text, meta))
-        new = sorted({r.id for r in records} - {c for v in old_ids.values() for c in v})
-        try:
-            indexes.vectors.upsert(records)
-            indexes.keywords.upsert(keywords, tokens.result())
-            stale = sorted({c for d, v in old_ids.items() for c in set(v) - set(ids[d])})
-            if stale:
-                indexes.vectors.delete(ids=stale)
-                indexes.keywords.delete(stale)
-        except RagError as exc:
-            self._undo_partial(indexes, new)
-            for p in group:
-                self.catalog.restore_document(p.doc_id)
-            return [self._fail(kb, p.doc_id, p.path.name, p.source, p.mime, p.size, exc)
-                    for p in group]
-        self.catalog.finish_documents([
-            (p.doc_id, p.data_sha, p.mime, p.size, p.metadata,
-             [ChunkInfo(cid, p.doc_id, c.ordinal, c.text, c.start, c.end, c.page, c.token_count)
-              for cid, c in zip(ids[p.doc_id], p.chunks, strict=True)])
-            for p in group
-        ])
-        return [FileResult(p.path.name, p.source,
-                           REPLACED if p.existing is not None and p.existing.chunk_count
-                           else ADDED, len(p.chunks), p.doc_id) for p in group]
-
-    @staticmethod
-    def _undo_partial(indexes: Indexes, new_ids: list[str]) -> None:
-        try:
-            if new_ids:
-                indexes.vectors.delete(ids=new_ids)
-                indexes.keywords.delete(new_ids)
-        except RagError:
-            pass  # the store is down; reconcile() finishes the cleanup on the next start
 
     def delete_document(self, kb: KnowledgeBase, indexes: Indexes, doc_id: str) -> Document:
         """Remove a document's vectors and keywords, then its catalog rows."""
@@ -427,16 +340,3 @@ class IngestPipeline:
                                        doc.size, "indexing was interrupted; ingest it again")
             repaired.append(doc.name)
         return repaired
-
-
-def _chunk_metadata(doc_id: str, name: str, chunk: Chunk) -> dict[str, object]:
-    meta: dict[str, object] = {
-        "document_id": doc_id,
-        "document_name": name,
-        "ordinal": chunk.ordinal,
-        "start": chunk.start,
-        "end": chunk.end,
-    }
-    if chunk.page is not None:
-        meta["page"] = chunk.page
-    return meta
