@@ -73,11 +73,14 @@ class OnnxEmbedder(SentenceTransformerEmbedder):
             path = self._exported(st)
             options = ort.SessionOptions()
             options.log_severity_level = 3
-            # Its threads do not spin-wait for the next run: spinning, they left PyTorch in
-            # the same process (the generator, a torch embedder) slower from then on, even
-            # after the session closed (a MiniLM query 5.1 -> 11.7 ms; not spinning, 5.2 ms).
-            # Batches take the same time either way; a query about 0.5 ms more.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            # Its threads spin-wait between the steps of a run, and stop when the run ends:
+            # left spinning after it (about 25 ms of CPU per run here), they made PyTorch in
+            # the same process (the generator, a torch embedder) slower from then on (a
+            # MiniLM query 5.1 -> 11.7 ms on 2 EPYC cores). Against never spinning, on 2
+            # Xeon cores, alternating turns: cmrc2018-dev ingested in 18.3-18.8 s instead
+            # of 19.3-19.9 s, a query took 1.6 ms instead of 2.1 ms.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+            options.add_session_config_entry("session.force_spinning_stop", "1")
             self._session = ort.InferenceSession(str(path), options,
                                                  providers=["CPUExecutionProvider"])
             self._inputs = [i.name for i in self._session.get_inputs()]
