@@ -293,8 +293,9 @@ class IngestPipeline:
                 )
             data = path.read_bytes()
         except OSError as exc:
-            return self.writer.fail(kb, doc_id, name, source, "", 0,
-                              InvalidInput(f"{name}: cannot read the file ({exc.strerror})"))
+            return self.writer.fail(
+                kb, doc_id, name, source, "", 0,
+                InvalidInput(f"{name}: cannot read the file ({exc.strerror})"))
         except RagError as exc:
             return self.writer.fail(kb, doc_id, name, source, "", 0, exc)
         sha = hashlib.sha256(data).hexdigest()
