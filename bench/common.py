@@ -11,9 +11,32 @@ DATA = ROOT.parent / "shared" / "data"  # the public sets, beside the checkout
 RESULTS = ROOT / "bench" / "results"
 
 
+# The processor's matrix and vector units that change which backend and precision run
+# fastest (on a Xeon with AMX, torch in bfloat16 beat onnxruntime's int8; on an EPYC
+# without it, the other way round).
+_UNITS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx2")
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The processor's name and its units of ``_UNITS``, from ``cpuinfo`` (Linux); else the
+    platform's processor string, which may be empty."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return platform.processor()
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                 if line.startswith("model name")), platform.processor())
+    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines()
+                  if line.startswith("flags")), set())
+    units = [u for u in _UNITS if u in flags]
+    return f"{name} ({', '.join(units)})" if units else name
+
+
 def machine() -> str:
-    """CPU count and platform, and the GPU when torch sees one."""
-    text = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
+    """The processor, CPU count and platform, and the GPU when torch sees one."""
+    model = cpu_model()
+    text = (f"{model + ', ' if model else ''}{platform.machine()}, {os.cpu_count()} CPUs, "
+            f"{platform.platform()}")
     try:
         import torch
     except ImportError:
