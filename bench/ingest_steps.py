@@ -25,7 +25,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.common import DATA, RESULTS, machine
+from bench.common import DATA, RESULTS, machine, warm_ingest
 
 STEPS = [  # (where, method, label): timed when the ingesting thread calls them
     ("pipeline", "_read", "read files"),
@@ -93,7 +93,6 @@ def run(name: str, turns: int, device: str, precision: str) -> dict[str, Any]:
     from rag.engine import RAG
     from rag.evaluation import load_dataset, write_passages
     from rag.settings import Settings
-    from stores import tokens
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -103,10 +102,7 @@ def run(name: str, turns: int, device: str, precision: str) -> dict[str, Any]:
         try:
             rag.embedder.warm_up()  # type: ignore[attr-defined]
             paths = write_passages(load_dataset(DATA / name), work / "docs")
-            tokens.warm_up()  # the segmenter: the warm-up's 50 passages may hold no Chinese
-            rag.create_kb("warm-up")
-            rag.ingest(paths[:50], kb="warm-up")
-            rag.delete_kb("warm-up")
+            warm_ingest(rag, paths)
             runs = []
             for t in range(turns):
                 runs.append(turn(rag, f"steps-{t}", paths))

@@ -27,8 +27,7 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from bench.common import DATA, RESULTS, machine
-from bench.latency import pct
+from bench.common import DATA, RESULTS, machine, pct
 from rag.evaluation import load_dataset
 from stores.keyword import KeywordIndex
 from stores.tokens import tokenize

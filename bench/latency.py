@@ -36,16 +36,10 @@ from typing import Any
 
 import httpx
 
-from bench.common import DATA, RESULTS, machine
+from bench.common import DATA, RESULTS, machine, pct
 from rag.evaluation import load_dataset, write_passages
 
 KB = "/v1/knowledge-bases/bench"
-
-
-def pct(values: list[float], q: float, digits: int = 2) -> float:
-    """The ``q`` quantile of ``values`` (the value at that rank), rounded."""
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], digits)
 
 
 def load(url: str, path: str, bodies: list[dict[str, Any]], clients: int, raw: bool = False

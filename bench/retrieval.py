@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.common import DATA, RESULTS, ROOT, machine
+from bench.common import DATA, RESULTS, ROOT, machine, warm_ingest
 from rag.evaluation import (
     Dataset,
     load_dataset,
@@ -82,7 +82,6 @@ def ours(dataset: Dataset, questions: list[Any], work: Path, backend: str, round
     hybrid candidates rescored by it. The other rows are the first stage alone."""
     from rag.engine import RAG
     from rag.settings import Settings
-    from stores import tokens
 
     settings = Settings(data_dir=work / f"data-{backend}-{precision}", _env_file=None,
                         embedding={"backend": backend, "device": device,
@@ -93,14 +92,7 @@ def ours(dataset: Dataset, questions: list[Any], work: Path, backend: str, round
         rag.embedder.warm_up()  # type: ignore[attr-defined]
         on = getattr(rag.embedder, "device", None) or "cpu"
         paths = write_passages(dataset, work / "docs")
-        # A first ingestion before any timing: the first one in a process pays for imports,
-        # query compilation and, on a GPU, the first kernels (small beside the 25 s of the
-        # encode on 2 CPU cores, not beside 1.3 s on a GPU); and the segmenter's dictionary,
-        # loaded here, since the first 50 passages may hold no Chinese.
-        tokens.warm_up()
-        rag.create_kb("warm-up")
-        rag.ingest(paths[:50], kb="warm-up")
-        rag.delete_kb("warm-up")
+        warm_ingest(rag, paths)
         texts: list[str] = []
         ingest_times: list[float] = []
         bare_times: list[float] = []

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import DATA, RESULTS, machine
+from bench.common import DATA, RESULTS, machine, warm_ingest
 
 _SLEEPS = 100  # pieces of one batch's wait
 _BATCH = 128
@@ -50,7 +50,6 @@ def run(name: str, us_per_token: float, turns: int, prepare_workers: int = 0
     from rag.engine import RAG
     from rag.evaluation import load_dataset, write_passages
     from rag.settings import Settings
-    from stores import tokens
 
     real = SentenceTransformerEmbedder._forward
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,10 +63,7 @@ def run(name: str, us_per_token: float, turns: int, prepare_workers: int = 0
             SentenceTransformerEmbedder._forward = _wait_forward(  # type: ignore[method-assign,assignment]
                 us_per_token, embedder.dim)
             paths = write_passages(load_dataset(DATA / name), work / "docs")
-            tokens.warm_up()  # the segmenter: the warm-up's 50 passages may hold no Chinese
-            rag.create_kb("warm-up")
-            rag.ingest(paths[:50], kb="warm-up")
-            rag.delete_kb("warm-up")
+            warm_ingest(rag, paths)
             ours, bare, chunks = [], [], 0
             for t in range(turns):
                 rag.create_kb(f"t{t}")
